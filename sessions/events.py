@@ -1,0 +1,107 @@
+"""Everything that touches the channel layer: group names, payloads, pushes.
+
+Tasks and API views call the push_* functions after the database has the change:
+the database is the source of truth, a push only tells viewers to look. A push that
+fails (Redis restarting) is logged and dropped; pages backfill from the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+if TYPE_CHECKING:
+    from sessions.models import EpochMetric, TrainingSession
+
+logger = logging.getLogger(__name__)
+
+STAFF_GROUP = "training-staff"
+EVENT_HANDLER = "training.event"  # calls TrainingConsumer.training_event
+
+EventType = Literal[
+    "training_started",
+    "training_progress",
+    "training_completed",
+    "training_failed",
+    "training_stopped",
+    "training_status",
+]
+
+FINAL_EVENTS: dict[str, EventType] = {
+    "completed": "training_completed",
+    "failed": "training_failed",
+    "stopped": "training_stopped",
+}
+
+
+class TrainingEvent(TypedDict, total=False):
+    type: EventType
+    session: dict[str, Any]
+    epoch: int
+    metrics: dict[str, Any]
+    duration: float | None
+    # Wall-clock time (epoch seconds) when the epoch was saved: viewers measure
+    # live latency against it.
+    savedAt: float
+    stats: dict[str, Any]
+
+
+def session_group(session_id: int) -> str:
+    return f"training-session-{session_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"training-user-{user_id}"
+
+
+def groups_for(session: TrainingSession) -> tuple[str, ...]:
+    """Every group that must hear about this session's events."""
+    return (session_group(session.pk), user_group(session.owner_id), STAFF_GROUP)
+
+
+def push_status(session: TrainingSession, event_type: EventType | None = None) -> None:
+    """Announce a status change; the event type follows from the status if not given."""
+    if event_type is None:
+        event_type = FINAL_EVENTS.get(session.status, "training_status")
+    _send(session, TrainingEvent(type=event_type, session=session.as_dict()))
+
+
+def push_epoch(
+    session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
+) -> None:
+    event = TrainingEvent(
+        type="training_progress",
+        session=session.as_dict(),
+        epoch=row.epoch,
+        metrics=row.metrics,
+        duration=row.duration,
+        savedAt=row.created.timestamp(),
+    )
+    if stats:
+        event["stats"] = stats
+    _send(session, event)
+
+
+def _send(session: TrainingSession, event: TrainingEvent) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message = {"type": EVENT_HANDLER, "data": event}
+
+    async def send_all() -> None:
+        for group in groups_for(session):
+            await layer.group_send(group, message)
+
+    started = time.monotonic()
+    try:
+        async_to_sync(send_all)()
+    except Exception:  # Redis down or restarting: the page will backfill.
+        logger.warning("Could not push %s for session %s", event["type"], session.pk,
+                       exc_info=True)
+    else:
+        logger.debug("pushed %s in %.1f ms", event["type"],
+                     (time.monotonic() - started) * 1000)

@@ -1,0 +1,323 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.urls import reverse
+from django.utils.timezone import now
+
+STANDARD_METRICS = (
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "learning_rate",
+    "precision",
+    "recall",
+    "f1",
+)
+
+
+class TrainingSessionQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> TrainingSessionQuerySet:
+        """Sessions this user may see: staff see every session, others their own."""
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def active(self) -> TrainingSessionQuerySet:
+        return self.filter(status__in=TrainingSession.ACTIVE_STATUSES)
+
+    def finished(self) -> TrainingSessionQuerySet:
+        return self.exclude(status__in=TrainingSession.ACTIVE_STATUSES)
+
+    def lost(self, silent_for: timedelta) -> TrainingSessionQuerySet:
+        """Running sessions whose worker has not sent a heartbeat for `silent_for`."""
+        cutoff = now() - silent_for
+        return self.filter(
+            status__in=(TrainingSession.Status.RUNNING, TrainingSession.Status.STOPPING),
+            heartbeat_at__lt=cutoff,
+        )
+
+
+class TrainingSession(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        STOPPING = "stopping"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        STOPPED = "stopped"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.STOPPING)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE,
+                              related_name="training_sessions")
+    name = models.CharField(max_length=200, blank=True)
+    model_type = models.CharField(max_length=32)
+    dataset = models.CharField(max_length=32)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    current_epoch = models.PositiveIntegerField(default=0)
+    total_epochs = models.PositiveIntegerField(null=True, blank=True)
+    created = models.DateTimeField(default=now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    final_metrics = models.JSONField(default=dict, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    best_val_accuracy = models.FloatField(null=True, blank=True)
+
+    objects = TrainingSessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # The history table: one user's sessions, newest first.
+            models.Index(fields=["owner", "-created"], name="session_owner_created"),
+            # The lost-worker check: running sessions by heartbeat age.
+            models.Index(fields=["status", "heartbeat_at"], name="session_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.model_type} on {self.dataset} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("sessions:detail", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def progress(self) -> float:
+        if self.status == self.Status.COMPLETED:
+            return 100.0
+        if not self.total_epochs:
+            return 0.0
+        return round(min(100.0, 100.0 * self.current_epoch / self.total_epochs), 1)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or now()
+        return round((end - self.started_at).total_seconds(), 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The SESSION object of the API and of every WebSocket event."""
+        return {
+            "id": self.pk,
+            "name": self.name,
+            "owner": self.owner_id,
+            "modelType": self.model_type,
+            "dataset": self.dataset,
+            "status": self.status,
+            "currentEpoch": self.current_epoch,
+            "totalEpochs": self.total_epochs,
+            "progress": self.progress,
+            "createdAt": _iso(self.created),
+            "startedAt": _iso(self.started_at),
+            "finishedAt": _iso(self.finished_at),
+            "heartbeatAt": _iso(self.heartbeat_at),
+            "durationSeconds": self.duration_seconds,
+            "params": self.params,
+            "finalMetrics": self.final_metrics,
+            "bestValAccuracy": self.best_val_accuracy,
+            "report": self.report,
+            "error": self.error,
+            "url": self.get_absolute_url(),
+        }
+
+    def _transition(self, from_statuses: tuple[str, ...], **changes: Any) -> bool:
+        """Apply `changes` only if the row still has one of `from_statuses`.
+
+        A conditional UPDATE, so a worker and a stop request racing on the same row
+        cannot overwrite each other. Refreshes this instance either way.
+        """
+        updated = TrainingSession.objects.filter(
+            pk=self.pk, status__in=from_statuses
+        ).update(**changes)
+        self.refresh_from_db()
+        return bool(updated)
+
+    def mark_running(self, task_id: str) -> bool:
+        moment = now()
+        return self._transition(
+            (self.Status.QUEUED,),
+            status=self.Status.RUNNING,
+            task_id=task_id or "",
+            started_at=moment,
+            heartbeat_at=moment,
+        )
+
+    def mark_completed(self, report: dict[str, Any]) -> bool:
+        return self._transition(
+            (self.Status.RUNNING, self.Status.STOPPING),
+            status=self.Status.COMPLETED,
+            finished_at=now(),
+            report=report,
+        )
+
+    def mark_stopped(self, report: dict[str, Any] | None = None) -> bool:
+        return self._transition(
+            self.ACTIVE_STATUSES,
+            status=self.Status.STOPPED,
+            finished_at=now(),
+            report=report or {},
+        )
+
+    def mark_failed(self, error: str, traceback: str = "") -> bool:
+        return self._transition(
+            self.ACTIVE_STATUSES,
+            status=self.Status.FAILED,
+            finished_at=now(),
+            error=error,
+            traceback=traceback,
+        )
+
+    def request_stop(self) -> bool:
+        """Cancel a queued session at once; ask a running one to stop at the next
+        epoch boundary. Return False when the session had already finished."""
+        if self._transition((self.Status.QUEUED,), status=self.Status.STOPPED,
+                            finished_at=now()):
+            return True
+        if self.status == self.Status.STOPPING:
+            return True
+        return self._transition((self.Status.RUNNING,), status=self.Status.STOPPING)
+
+    def beat(self) -> None:
+        TrainingSession.objects.filter(pk=self.pk).update(heartbeat_at=now())
+
+    def current_status(self) -> str:
+        """The status in the database now, without reloading the whole row."""
+        return TrainingSession.objects.filter(pk=self.pk).values_list(
+            "status", flat=True
+        ).get()
+
+    def record_epoch(self, epoch: int, metrics: dict[str, Any],
+                     duration: float | None = None) -> EpochMetric:
+        """Store one epoch's metrics and move the session's counters, atomically."""
+        standard = {k: metrics.get(k) for k in STANDARD_METRICS}
+        extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
+        with transaction.atomic():
+            row = EpochMetric.objects.create(
+                session=self, epoch=epoch, duration=duration, extra=extra, **standard
+            )
+            self.current_epoch = max(self.current_epoch, epoch)
+            self.heartbeat_at = row.created
+            self.final_metrics = row.metrics
+            accuracy = standard["val_accuracy"]
+            if accuracy is not None and (
+                self.best_val_accuracy is None or accuracy > self.best_val_accuracy
+            ):
+                self.best_val_accuracy = accuracy
+            TrainingSession.objects.filter(pk=self.pk).update(
+                current_epoch=self.current_epoch,
+                heartbeat_at=self.heartbeat_at,
+                final_metrics=self.final_metrics,
+                best_val_accuracy=self.best_val_accuracy,
+            )
+        return row
+
+
+class EpochMetric(models.Model):
+    session = models.ForeignKey(TrainingSession, models.CASCADE, related_name="epochs")
+    epoch = models.PositiveIntegerField()
+    train_loss = models.FloatField(null=True, blank=True)
+    val_loss = models.FloatField(null=True, blank=True)
+    train_accuracy = models.FloatField(null=True, blank=True)
+    val_accuracy = models.FloatField(null=True, blank=True)
+    learning_rate = models.FloatField(null=True, blank=True)
+    precision = models.FloatField(null=True, blank=True)
+    recall = models.FloatField(null=True, blank=True)
+    f1 = models.FloatField(null=True, blank=True)
+    duration = models.FloatField(null=True, blank=True)
+    # Metrics with other names, logged by external runs.
+    extra = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["session", "epoch"]
+        constraints = [
+            # One row per epoch: a retried save or log batch cannot duplicate it.
+            models.UniqueConstraint(fields=["session", "epoch"], name="one_row_per_epoch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.session_id} epoch {self.epoch}"
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in STANDARD_METRICS}
+        values.update(self.extra)
+        return values
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "duration": self.duration,
+            "time": _iso(self.created),
+        }
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def authenticate(self, raw: str) -> ApiToken | None:
+        """The live token matching `raw`, or None. Only a hash is stored."""
+        digest = ApiToken.hash(raw)
+        token = self.filter(key_hash=digest, revoked_at__isnull=True).select_related(
+            "user"
+        ).first()
+        if token is None or not hmac.compare_digest(token.key_hash, digest):
+            return None
+        if not token.user.is_active:
+            return None
+        return token
+
+
+class ApiToken(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE,
+                             related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(default=now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}... ({self.user})"
+
+    @staticmethod
+    def hash(raw: str) -> str:
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: Any, name: str = "") -> tuple[ApiToken, str]:
+        """Create a token; return it with the raw key, which is shown only once."""
+        raw = "mlt_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, prefix=raw[:12],
+                                   key_hash=cls.hash(raw))
+        return token, raw
+
+    def revoke(self) -> None:
+        self.revoked_at = now()
+        self.save(update_fields=["revoked_at"])
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat() if moment else None

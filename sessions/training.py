@@ -1,0 +1,357 @@
+"""Train scikit-learn models epoch by epoch. Knows nothing about Django.
+
+`fit()` takes cleaned parameters (see `catalog.clean_params`), calls `on_epoch`
+after every epoch with that epoch's metrics, and asks `should_stop` between epochs
+(and between chunks of a long epoch). scikit-learn is imported inside the
+functions so the web process, which imports this module's callers, never loads it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+METRIC_NAMES = (
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "learning_rate",
+    "precision",
+    "recall",
+    "f1",
+)
+
+
+class TrainingError(Exception):
+    """A failure a person can act on; its message is shown as the session's error."""
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    metrics: dict[str, float | None]
+    duration: float
+
+
+@dataclass
+class FitResult:
+    epochs_done: int
+    stopped: bool
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Dataset:
+    X: Any
+    y: Any
+    feature_names: list[str]
+    class_names: list[str]
+
+
+def load_dataset(name: str, params: dict[str, Any], csv_path: str | None = None) -> Dataset:
+    import numpy as np
+    from sklearn import datasets
+
+    if name == "synthetic":
+        X, y = datasets.make_classification(
+            n_samples=params["samples"],
+            n_features=params["features"],
+            n_informative=max(2, params["features"] // 2),
+            n_redundant=0,
+            n_classes=params["classes"],
+            random_state=params["random_state"],
+        )
+        return Dataset(
+            X,
+            y,
+            [f"x{i}" for i in range(X.shape[1])],
+            [str(c) for c in range(params["classes"])],
+        )
+    loaders = {
+        "iris": datasets.load_iris,
+        "digits": datasets.load_digits,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+    }
+    if name not in loaders:
+        raise TrainingError(f"Unknown data set {name!r}")
+    bunch = loaders[name]()
+    feature_names = [str(f) for f in getattr(bunch, "feature_names", [])] or [
+        f"x{i}" for i in range(bunch.data.shape[1])
+    ]
+    return Dataset(
+        np.asarray(bunch.data, dtype=float),
+        bunch.target,
+        feature_names,
+        [str(c) for c in bunch.target_names],
+    )
+
+
+def scheduled_learning_rate(params: dict[str, Any], epoch: int, total: int) -> float:
+    """The learning rate for a 1-based epoch under the run's schedule."""
+    base = params["learning_rate"]
+    schedule = params.get("schedule", "constant")
+    if schedule == "step":
+        return base * params["decay"] ** ((epoch - 1) // params["step_size"])
+    if schedule == "cosine":
+        progress = (epoch - 1) / max(1, total - 1)
+        return base * 0.5 * (1 + math.cos(math.pi * progress))
+    return base
+
+
+class _Trainer(abc.ABC):
+    """One model type's idea of an epoch. Subclasses set up `model` and run epochs."""
+
+    def __init__(self, params: dict[str, Any], classes: Any, total_epochs: int) -> None:
+        self.params = params
+        self.classes = classes
+        self.total_epochs = total_epochs
+        self.model: Any = None
+
+    @abc.abstractmethod
+    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+        """Train one epoch in place on (X, y)."""
+
+    def learning_rate(self, epoch: int) -> float | None:
+        return None
+
+    def feature_importances(self) -> list[float] | None:
+        values = getattr(self.model, "feature_importances_", None)
+        return None if values is None else [float(v) for v in values]
+
+
+class _ForestTrainer(_Trainer):
+    # Trees are added in chunks so a stop request is seen inside a long epoch.
+    chunk = 5
+
+    def __init__(self, params: dict[str, Any], classes: Any, total_epochs: int) -> None:
+        super().__init__(params, classes, total_epochs)
+        from sklearn.ensemble import RandomForestClassifier
+
+        max_features = params["max_features"]
+        self.model = RandomForestClassifier(
+            n_estimators=0,
+            warm_start=True,
+            max_depth=params["max_depth"],
+            min_samples_leaf=params["min_samples_leaf"],
+            max_features=None if max_features == "all" else max_features,
+            random_state=params["random_state"],
+            n_jobs=1,
+        )
+
+    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+        target = epoch * self.params["trees_per_epoch"]
+        while self.model.n_estimators < target:
+            if self.model.n_estimators and should_stop():
+                raise _StopInsideEpoch
+            self.model.n_estimators = min(target, self.model.n_estimators + self.chunk)
+            self.model.fit(X, y)
+
+
+class _BoostingTrainer(_Trainer):
+    def __init__(self, params: dict[str, Any], classes: Any, total_epochs: int) -> None:
+        super().__init__(params, classes, total_epochs)
+        from sklearn.ensemble import GradientBoostingClassifier
+
+        self.model = GradientBoostingClassifier(
+            n_estimators=0,
+            warm_start=True,
+            learning_rate=params["learning_rate"],
+            max_depth=params["max_depth"],
+            subsample=params["subsample"],
+            random_state=params["random_state"],
+        )
+
+    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+        self.model.n_estimators = epoch * self.params["stages_per_epoch"]
+        self.model.fit(X, y)
+
+    def learning_rate(self, epoch: int) -> float | None:
+        return self.params["learning_rate"]
+
+
+class _MLPTrainer(_Trainer):
+    def __init__(self, params: dict[str, Any], classes: Any, total_epochs: int) -> None:
+        super().__init__(params, classes, total_epochs)
+        from sklearn.neural_network import MLPClassifier
+
+        self.model = MLPClassifier(
+            hidden_layer_sizes=tuple(params["hidden_layer_sizes"]),
+            solver="adam",
+            learning_rate_init=params["learning_rate"],
+            batch_size=params["batch_size"],
+            alpha=params["alpha"],
+            shuffle=True,
+            random_state=params["random_state"],
+        )
+
+    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+        rate = self.learning_rate(epoch)
+        # Adam reads its base rate from the optimizer it created on the first call.
+        optimizer = getattr(self.model, "_optimizer", None)
+        if optimizer is None:
+            self.model.learning_rate_init = rate
+        else:
+            optimizer.learning_rate_init = rate
+        self.model.partial_fit(X, y, classes=self.classes)
+
+    def learning_rate(self, epoch: int) -> float | None:
+        return scheduled_learning_rate(self.params, epoch, self.total_epochs)
+
+
+class _LogisticTrainer(_Trainer):
+    def __init__(self, params: dict[str, Any], classes: Any, total_epochs: int) -> None:
+        super().__init__(params, classes, total_epochs)
+        import numpy as np
+        from sklearn.linear_model import SGDClassifier
+
+        self.rng = np.random.default_rng(params["random_state"])
+        self.model = SGDClassifier(
+            loss="log_loss",
+            learning_rate="constant",
+            eta0=params["learning_rate"],
+            alpha=params["alpha"],
+            random_state=params["random_state"],
+        )
+
+    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+        order = self.rng.permutation(len(y))
+        self.model.eta0 = self.learning_rate(epoch)
+        self.model.partial_fit(X[order], y[order], classes=self.classes)
+
+    def learning_rate(self, epoch: int) -> float | None:
+        return scheduled_learning_rate(self.params, epoch, self.total_epochs)
+
+    def feature_importances(self) -> list[float] | None:
+        return None
+
+
+TRAINERS: dict[str, type[_Trainer]] = {
+    "randomforest": _ForestTrainer,
+    "gradientboosting": _BoostingTrainer,
+    "mlp": _MLPTrainer,
+    "logistic": _LogisticTrainer,
+}
+
+
+class _StopInsideEpoch(Exception):
+    pass
+
+
+def _scores(model: Any, X: Any, y: Any, classes: Any) -> tuple[float, float, Any]:
+    from sklearn.metrics import accuracy_score, log_loss
+
+    proba = model.predict_proba(X)
+    predicted = classes[proba.argmax(axis=1)]
+    return float(log_loss(y, proba, labels=classes)), float(accuracy_score(y, predicted)), predicted
+
+
+def fit(
+    model_type: str,
+    dataset: str,
+    params: dict[str, Any],
+    epochs: int,
+    on_epoch: Callable[[EpochResult], None],
+    should_stop: Callable[[], bool] = lambda: False,
+    csv_path: str | None = None,
+) -> FitResult:
+    """Train for up to `epochs` epochs; return what was done and the final report.
+
+    Raise TrainingError when the run cannot go on (bad data, a loss that became NaN).
+    """
+    import numpy as np
+    from sklearn.metrics import (
+        classification_report,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    if model_type not in TRAINERS:
+        raise TrainingError(f"Unknown model type {model_type!r}")
+    started = time.monotonic()
+    data = load_dataset(dataset, params, csv_path)
+    classes = np.unique(data.y)
+    try:
+        X_train, X_val, y_train, y_val = train_test_split(
+            data.X,
+            data.y,
+            test_size=params["validation_split"],
+            stratify=data.y if params["stratify"] else None,
+            random_state=params["random_state"],
+        )
+    except ValueError as exc:
+        raise TrainingError(f"Cannot split the data for validation: {exc}") from exc
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_val = scaler.transform(X_train), scaler.transform(X_val)
+    trainer = TRAINERS[model_type](params, classes, epochs)
+
+    done = 0
+    stopped = False
+    val_predicted = None
+    for epoch in range(1, epochs + 1):
+        if should_stop():
+            stopped = True
+            break
+        epoch_started = time.monotonic()
+        try:
+            trainer.run_epoch(epoch, X_train, y_train, should_stop)
+        except _StopInsideEpoch:
+            stopped = True
+            break
+        train_loss, train_accuracy, _ = _scores(trainer.model, X_train, y_train, classes)
+        val_loss, val_accuracy, val_predicted = _scores(trainer.model, X_val, y_val, classes)
+        if not all(math.isfinite(v) for v in (train_loss, val_loss)):
+            raise TrainingError(
+                f"The loss became {'NaN' if math.isnan(train_loss) else 'infinite'} at "
+                f"epoch {epoch}; try a smaller learning rate."
+            )
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_val, val_predicted, average="macro", zero_division=0
+        )
+        on_epoch(
+            EpochResult(
+                epoch=epoch,
+                metrics={
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "train_accuracy": train_accuracy,
+                    "val_accuracy": val_accuracy,
+                    "learning_rate": trainer.learning_rate(epoch),
+                    "precision": float(precision),
+                    "recall": float(recall),
+                    "f1": float(f1),
+                },
+                duration=time.monotonic() - epoch_started,
+            )
+        )
+        done = epoch
+
+    report: dict[str, Any] = {"totalSeconds": time.monotonic() - started}
+    if val_predicted is not None:
+        labels = [data.class_names[i] if i < len(data.class_names) else str(c)
+                  for i, c in enumerate(classes)]
+        report["classes"] = labels
+        report["confusionMatrix"] = confusion_matrix(
+            y_val, val_predicted, labels=classes
+        ).tolist()
+        per_class = classification_report(
+            y_val, val_predicted, labels=classes, target_names=labels,
+            output_dict=True, zero_division=0,
+        )
+        report["perClass"] = {
+            name: {k: float(v) for k, v in per_class[name].items()} for name in labels
+        }
+        importances = trainer.feature_importances()
+        if importances is not None:
+            report["featureImportances"] = dict(
+                sorted(zip(data.feature_names, importances, strict=True),
+                       key=lambda kv: kv[1], reverse=True)
+            )
+    return FitResult(epochs_done=done, stopped=stopped, report=report)
