@@ -23,7 +23,9 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if value.lower() in ("0", "false", "no", "off"):
         return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {value!r}")
+    raise ImproperlyConfigured(
+        f"{name} must be a boolean (1/0, true/false), not {value!r}"
+    )
 
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -33,14 +35,18 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+        raise ImproperlyConfigured(
+            f"{name} must be an integer, not {value!r}"
+        ) from None
     if number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
     return number
 
 
 def env_list(name: str, default: str) -> list[str]:
-    return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
+    return [
+        item.strip() for item in os.getenv(name, default).split(",") if item.strip()
+    ]
 
 
 DEBUG = env_bool("DEBUG", True)

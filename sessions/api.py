@@ -65,8 +65,10 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 request.user = user
             elif not request.user.is_authenticated:
                 return error_response(
-                    401, "Authentication required: log in or send Authorization: "
-                    "Bearer <token>")
+                    401,
+                    "Authentication required: log in or send Authorization: "
+                    "Bearer <token>",
+                )
             elif request.method not in ("GET", "HEAD", "OPTIONS"):
                 reason = _csrf_failure(request)
                 if reason:
@@ -96,38 +98,51 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 
 
 def _session_for_user(request: HttpRequest, session_id: int) -> TrainingSession:
-    session = TrainingSession.objects.for_user(request.user).filter(pk=session_id).first()
+    session = (
+        TrainingSession.objects.for_user(request.user).filter(pk=session_id).first()
+    )
     if session is None:
         raise ApiError(404, f"No training session {session_id}")
     return session
 
 
-def _int_arg(request: HttpRequest, name: str, default: int | None, minimum: int = 0,
-             maximum: int | None = None) -> int | None:
+def _int_arg(
+    request: HttpRequest,
+    name: str,
+    default: int | None,
+    minimum: int = 0,
+    maximum: int | None = None,
+) -> int | None:
     value = request.GET.get(name)
     if value is None or value == "":
         return default
     try:
         number = int(value)
     except ValueError:
-        raise ApiError(400, f"{name} must be an integer",
-                       {name: f"{name} must be an integer"}) from None
+        raise ApiError(
+            400, f"{name} must be an integer", {name: f"{name} must be an integer"}
+        ) from None
     if number < minimum or (maximum is not None and number > maximum):
         limit = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
-        raise ApiError(400, f"{name} must be {limit}", {name: f"{name} must be {limit}"})
+        raise ApiError(
+            400, f"{name} must be {limit}", {name: f"{name} must be {limit}"}
+        )
     return number
 
 
 @api_view(("GET",))
 def models(request: HttpRequest) -> JsonResponse:
     latest = {}
-    for session in TrainingSession.objects.for_user(request.user).order_by("-created")[:200]:
+    for session in TrainingSession.objects.for_user(request.user).order_by("-created")[
+        :200
+    ]:
         latest.setdefault(session.model_type, session.as_dict())
     described = catalog.describe()
     for model in described["modelTypes"]:
         model["latestSession"] = latest.get(model["key"])
-        model["status"] = latest[model["key"]]["status"] if model["key"] in latest \
-            else "untrained"
+        model["status"] = (
+            latest[model["key"]]["status"] if model["key"] in latest else "untrained"
+        )
     return JsonResponse(described)
 
 
@@ -146,7 +161,9 @@ def start_training(request: HttpRequest) -> JsonResponse:
 def stop_training(request: HttpRequest, session_id: int) -> JsonResponse:
     session = _session_for_user(request, session_id)
     if not session.request_stop():
-        raise ApiError(409, f"Session {session_id} has already finished ({session.status})")
+        raise ApiError(
+            409, f"Session {session_id} has already finished ({session.status})"
+        )
     events.push_status(session)
     return JsonResponse({"session": session.as_dict()})
 
@@ -160,12 +177,16 @@ def training_session(request: HttpRequest, session_id: int) -> JsonResponse:
 def training_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
     session = _session_for_user(request, session_id)
     after = _int_arg(request, "after", 0)
-    rows = EpochMetric.objects.filter(session=session, epoch__gt=after).order_by("epoch")
-    return JsonResponse({
-        "sessionId": session.pk,
-        "status": session.status,
-        "epochs": [row.as_dict() for row in rows],
-    })
+    rows = EpochMetric.objects.filter(session=session, epoch__gt=after).order_by(
+        "epoch"
+    )
+    return JsonResponse(
+        {
+            "sessionId": session.pk,
+            "status": session.status,
+            "epochs": [row.as_dict() for row in rows],
+        }
+    )
 
 
 @api_view(("GET",))
@@ -176,14 +197,18 @@ def training_data(request: HttpRequest) -> JsonResponse:
     status = request.GET.get("status")
     if status:
         if status not in TrainingSession.Status.values:
-            message = f"status must be one of {', '.join(TrainingSession.Status.values)}"
+            message = (
+                f"status must be one of {', '.join(TrainingSession.Status.values)}"
+            )
             raise ApiError(400, message, {"status": message})
         sessions = sessions.filter(status=status)
     history = sessions.finished()
-    return JsonResponse({
-        "active": [s.as_dict() for s in sessions.active()],
-        "history": [s.as_dict() for s in history[offset:offset + limit]],
-        "total": history.count(),
-        "limit": limit,
-        "offset": offset,
-    })
+    return JsonResponse(
+        {
+            "active": [s.as_dict() for s in sessions.active()],
+            "history": [s.as_dict() for s in history[offset : offset + limit]],
+            "total": history.count(),
+            "limit": limit,
+            "offset": offset,
+        }
+    )

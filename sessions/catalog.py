@@ -54,7 +54,9 @@ class Param:
 
     def _to_number(self, value: Any) -> int | float:
         if isinstance(value, bool):
-            raise ValueError(f"must be {'an integer' if self.kind == 'int' else 'a number'}")
+            raise ValueError(
+                f"must be {'an integer' if self.kind == 'int' else 'a number'}"
+            )
         try:
             if self.kind == "int":
                 if isinstance(value, float) and not value.is_integer():
@@ -82,7 +84,9 @@ class Param:
             try:
                 size = int(part)
             except (TypeError, ValueError):
-                raise ValueError(f'must be layer sizes such as "64,32", not {value!r}') from None
+                raise ValueError(
+                    f'must be layer sizes such as "64,32", not {value!r}'
+                ) from None
             if not 1 <= size <= 1024:
                 raise ValueError("each layer size must be between 1 and 1024")
             sizes.append(size)
@@ -111,16 +115,32 @@ class Choice:
 
 
 _SCHEDULE_PARAMS = (
-    Param("schedule", "choice", "constant", "Learning-rate schedule", choices=SCHEDULES),
+    Param(
+        "schedule", "choice", "constant", "Learning-rate schedule", choices=SCHEDULES
+    ),
     Param("step_size", "int", 10, "Epochs between decays (step schedule)", 1, 10_000),
     Param("decay", "float", 0.5, "Factor applied every step_size epochs", 0.01, 1.0),
 )
 
 # Parameters every model type takes: how the data is split and the random seed.
 COMMON_PARAMS = (
-    Param("validation_split", "float", 0.2, "Share of rows held out for validation", 0.05, 0.5),
+    Param(
+        "validation_split",
+        "float",
+        0.2,
+        "Share of rows held out for validation",
+        0.05,
+        0.5,
+    ),
     Param("stratify", "bool", True, "Keep class proportions in the split"),
-    Param("random_state", "int", 42, "Seed: the same seed gives the same metrics", 0, 2**31 - 1),
+    Param(
+        "random_state",
+        "int",
+        42,
+        "Seed: the same seed gives the same metrics",
+        0,
+        2**31 - 1,
+    ),
 )
 
 MODEL_TYPES: dict[str, Choice] = {
@@ -132,22 +152,47 @@ MODEL_TYPES: dict[str, Choice] = {
             "An epoch adds a batch of trees (warm_start).",
             (
                 Param("trees_per_epoch", "int", 10, "Trees added each epoch", 1, 500),
-                Param("max_depth", "int", None, "Maximum tree depth (empty: unlimited)",
-                      1, 100, nullable=True),
-                Param("min_samples_leaf", "int", 1, "Minimum samples in a leaf", 1, 1000),
-                Param("max_features", "choice", "sqrt", "Features tried at each split",
-                      choices=("sqrt", "log2", "all")),
+                Param(
+                    "max_depth",
+                    "int",
+                    None,
+                    "Maximum tree depth (empty: unlimited)",
+                    1,
+                    100,
+                    nullable=True,
+                ),
+                Param(
+                    "min_samples_leaf", "int", 1, "Minimum samples in a leaf", 1, 1000
+                ),
+                Param(
+                    "max_features",
+                    "choice",
+                    "sqrt",
+                    "Features tried at each split",
+                    choices=("sqrt", "log2", "all"),
+                ),
             ),
         ),
         Choice(
             "gradientboosting",
             "Gradient Boosting",
-            "An epoch adds boosting stages (warm_start); the learning rate is reported.",
+            "An epoch adds boosting stages (warm_start); reports its learning rate.",
             (
-                Param("stages_per_epoch", "int", 5, "Boosting stages added each epoch", 1, 200),
-                Param("learning_rate", "float", 0.1, "Shrinkage of each stage", 0.001, 1.0),
+                Param(
+                    "stages_per_epoch",
+                    "int",
+                    5,
+                    "Boosting stages added each epoch",
+                    1,
+                    200,
+                ),
+                Param(
+                    "learning_rate", "float", 0.1, "Shrinkage of each stage", 0.001, 1.0
+                ),
                 Param("max_depth", "int", 3, "Depth of each regression tree", 1, 20),
-                Param("subsample", "float", 1.0, "Share of rows used per stage", 0.1, 1.0),
+                Param(
+                    "subsample", "float", 1.0, "Share of rows used per stage", 0.1, 1.0
+                ),
             ),
         ),
         Choice(
@@ -155,8 +200,12 @@ MODEL_TYPES: dict[str, Choice] = {
             "Neural Network (MLP)",
             "An epoch is one pass of partial_fit over the shuffled training data.",
             (
-                Param("hidden_layer_sizes", "layers", [64, 32], "Neurons per hidden layer"),
-                Param("learning_rate", "float", 0.001, "Initial learning rate", 1e-6, 10.0),
+                Param(
+                    "hidden_layer_sizes", "layers", [64, 32], "Neurons per hidden layer"
+                ),
+                Param(
+                    "learning_rate", "float", 0.001, "Initial learning rate", 1e-6, 10.0
+                ),
                 *_SCHEDULE_PARAMS,
                 Param("batch_size", "int", 64, "Rows per gradient step", 1, 4096),
                 Param("alpha", "float", 1e-4, "L2 penalty", 0.0, 10.0),
@@ -167,7 +216,9 @@ MODEL_TYPES: dict[str, Choice] = {
             "Logistic Regression (SGD)",
             "An epoch is one partial_fit pass of SGD with log loss over shuffled data.",
             (
-                Param("learning_rate", "float", 0.01, "Initial learning rate", 1e-6, 100.0),
+                Param(
+                    "learning_rate", "float", 0.01, "Initial learning rate", 1e-6, 100.0
+                ),
                 *_SCHEDULE_PARAMS,
                 Param("alpha", "float", 1e-4, "Regularization strength", 0.0, 10.0),
             ),
@@ -179,9 +230,13 @@ DATASETS: dict[str, Choice] = {
     c.key: c
     for c in (
         Choice("iris", "Iris", "150 flowers, 4 features, 3 classes (scikit-learn)."),
-        Choice("digits", "Digits", "1,797 8x8 images of digits, 64 features, 10 classes."),
+        Choice(
+            "digits", "Digits", "1,797 8x8 images of digits, 64 features, 10 classes."
+        ),
         Choice("wine", "Wine", "178 wines, 13 features, 3 classes."),
-        Choice("breast_cancer", "Breast cancer", "569 tumours, 30 features, 2 classes."),
+        Choice(
+            "breast_cancer", "Breast cancer", "569 tumours, 30 features, 2 classes."
+        ),
         Choice(
             "synthetic",
             "Synthetic",
@@ -199,21 +254,29 @@ DEFAULT_EPOCHS = 20
 EXTERNAL_MODEL_TYPE = "external"
 
 
-def clean_params(model_type: str, dataset: str, raw: dict[str, Any]) -> tuple[dict, dict]:
+def clean_params(
+    model_type: str, dataset: str, raw: dict[str, Any]
+) -> tuple[dict, dict]:
     """Validate raw parameters against the model type and data set.
 
     Return (cleaned parameters with defaults filled in, errors by parameter name).
     Unknown names are errors too: a typo must not silently fall back to a default.
     """
-    declared = [*MODEL_TYPES[model_type].params, *DATASETS[dataset].params, *COMMON_PARAMS]
+    declared = [
+        *MODEL_TYPES[model_type].params,
+        *DATASETS[dataset].params,
+        *COMMON_PARAMS,
+    ]
     by_name = {p.name: p for p in declared}
     cleaned: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for name in raw:
         if name not in by_name:
             known = ", ".join(sorted(by_name))
-            errors[name] = f"Unknown parameter {name!r} for {model_type} on {dataset}; " \
+            errors[name] = (
+                f"Unknown parameter {name!r} for {model_type} on {dataset}; "
                 f"known: {known}"
+            )
     for param in declared:
         value = raw.get(param.name, param.default)
         try:
@@ -229,8 +292,10 @@ def _check_synthetic(params: dict[str, Any], errors: dict[str, str]) -> None:
     # make_classification needs classes <= 2**informative and enough rows per class.
     informative = max(2, params["features"] // 2)
     if params["classes"] > 2**informative:
-        errors["classes"] = f"classes must be at most {2**informative} with " \
+        errors["classes"] = (
+            f"classes must be at most {2**informative} with "
             f"{params['features']} features"
+        )
     if params["samples"] < params["classes"] * 10:
         errors["samples"] = "samples must be at least 10 per class"
 

@@ -44,10 +44,13 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    async def receive(self, text_data: str | None = None,
-                      bytes_data: bytes | None = None) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
         # Never parse or act on what a browser sends: say so and carry on.
-        await self.send_json({"type": "error", "error": "This socket only sends events."})
+        await self.send_json(
+            {"type": "error", "error": "This socket only sends events."}
+        )
 
     async def training_event(self, message: dict[str, Any]) -> None:
         await self.send_json(message["data"])

@@ -100,8 +100,10 @@ def _send(session: TrainingSession, event: TrainingEvent) -> None:
     try:
         async_to_sync(send_all)()
     except Exception:  # Redis down or restarting: the page will backfill.
-        logger.warning("Could not push %s for session %s", event["type"], session.pk,
-                       exc_info=True)
+        logger.warning(
+            "Could not push %s for session %s", event["type"], session.pk, exc_info=True
+        )
     else:
-        logger.debug("pushed %s in %.1f ms", event["type"],
-                     (time.monotonic() - started) * 1000)
+        logger.debug(
+            "pushed %s in %.1f ms", event["type"], (time.monotonic() - started) * 1000
+        )

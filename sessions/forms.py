@@ -19,14 +19,18 @@ class StartTrainingForm(forms.Form):
 
     modelType = forms.ChoiceField(
         choices=[(k, c.label) for k, c in catalog.MODEL_TYPES.items()],
-        error_messages={"invalid_choice": "Unknown model type %(value)s; choose one of "
-                        + ", ".join(catalog.MODEL_TYPES)},
+        error_messages={
+            "invalid_choice": "Unknown model type %(value)s; choose one of "
+            + ", ".join(catalog.MODEL_TYPES)
+        },
     )
     dataset = forms.ChoiceField(
         choices=[(k, c.label) for k, c in catalog.DATASETS.items()],
         required=False,
-        error_messages={"invalid_choice": "Unknown data set %(value)s; choose one of "
-                        + ", ".join(catalog.DATASETS)},
+        error_messages={
+            "invalid_choice": "Unknown data set %(value)s; choose one of "
+            + ", ".join(catalog.DATASETS)
+        },
     )
     epochs = forms.IntegerField(
         required=False,

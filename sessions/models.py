@@ -40,7 +40,10 @@ class TrainingSessionQuerySet(models.QuerySet):
         """Running sessions whose worker has not sent a heartbeat for `silent_for`."""
         cutoff = now() - silent_for
         return self.filter(
-            status__in=(TrainingSession.Status.RUNNING, TrainingSession.Status.STOPPING),
+            status__in=(
+                TrainingSession.Status.RUNNING,
+                TrainingSession.Status.STOPPING,
+            ),
             heartbeat_at__lt=cutoff,
         )
 
@@ -56,13 +59,16 @@ class TrainingSession(models.Model):
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.STOPPING)
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE,
-                              related_name="training_sessions")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="training_sessions"
+    )
     name = models.CharField(max_length=200, blank=True)
     model_type = models.CharField(max_length=32)
     dataset = models.CharField(max_length=32)
     params = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.QUEUED
+    )
     current_epoch = models.PositiveIntegerField(default=0)
     total_epochs = models.PositiveIntegerField(null=True, blank=True)
     created = models.DateTimeField(default=now)
@@ -84,7 +90,9 @@ class TrainingSession(models.Model):
             # The history table: one user's sessions, newest first.
             models.Index(fields=["owner", "-created"], name="session_owner_created"),
             # The lost-worker check: running sessions by heartbeat age.
-            models.Index(fields=["status", "heartbeat_at"], name="session_status_heartbeat"),
+            models.Index(
+                fields=["status", "heartbeat_at"], name="session_status_heartbeat"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -187,8 +195,9 @@ class TrainingSession(models.Model):
     def request_stop(self) -> bool:
         """Cancel a queued session at once; ask a running one to stop at the next
         epoch boundary. Return False when the session had already finished."""
-        if self._transition((self.Status.QUEUED,), status=self.Status.STOPPED,
-                            finished_at=now()):
+        if self._transition(
+            (self.Status.QUEUED,), status=self.Status.STOPPED, finished_at=now()
+        ):
             return True
         if self.status == self.Status.STOPPING:
             return True
@@ -199,12 +208,15 @@ class TrainingSession(models.Model):
 
     def current_status(self) -> str:
         """The status in the database now, without reloading the whole row."""
-        return TrainingSession.objects.filter(pk=self.pk).values_list(
-            "status", flat=True
-        ).get()
+        return (
+            TrainingSession.objects.filter(pk=self.pk)
+            .values_list("status", flat=True)
+            .get()
+        )
 
-    def record_epoch(self, epoch: int, metrics: dict[str, Any],
-                     duration: float | None = None) -> EpochMetric:
+    def record_epoch(
+        self, epoch: int, metrics: dict[str, Any], duration: float | None = None
+    ) -> EpochMetric:
         """Store one epoch's metrics and move the session's counters, atomically."""
         standard = {k: metrics.get(k) for k in STANDARD_METRICS}
         extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
@@ -249,7 +261,9 @@ class EpochMetric(models.Model):
         ordering = ["session", "epoch"]
         constraints = [
             # One row per epoch: a retried save or log batch cannot duplicate it.
-            models.UniqueConstraint(fields=["session", "epoch"], name="one_row_per_epoch"),
+            models.UniqueConstraint(
+                fields=["session", "epoch"], name="one_row_per_epoch"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -274,9 +288,11 @@ class ApiTokenQuerySet(models.QuerySet):
     def authenticate(self, raw: str) -> ApiToken | None:
         """The live token matching `raw`, or None. Only a hash is stored."""
         digest = ApiToken.hash(raw)
-        token = self.filter(key_hash=digest, revoked_at__isnull=True).select_related(
-            "user"
-        ).first()
+        token = (
+            self.filter(key_hash=digest, revoked_at__isnull=True)
+            .select_related("user")
+            .first()
+        )
         if token is None or not hmac.compare_digest(token.key_hash, digest):
             return None
         if not token.user.is_active:
@@ -285,8 +301,9 @@ class ApiTokenQuerySet(models.QuerySet):
 
 
 class ApiToken(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE,
-                             related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=12, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -310,8 +327,9 @@ class ApiToken(models.Model):
     def issue(cls, user: Any, name: str = "") -> tuple[ApiToken, str]:
         """Create a token; return it with the raw key, which is shown only once."""
         raw = "mlt_" + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, prefix=raw[:12],
-                                   key_hash=cls.hash(raw))
+        token = cls.objects.create(
+            user=user, name=name, prefix=raw[:12], key_hash=cls.hash(raw)
+        )
         return token, raw
 
     def revoke(self) -> None:

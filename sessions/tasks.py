@@ -33,7 +33,9 @@ class _Heartbeat(threading.Thread):
                 try:
                     self.session.beat()
                 except Exception:
-                    logger.warning("heartbeat failed for %s", self.session.pk, exc_info=True)
+                    logger.warning(
+                        "heartbeat failed for %s", self.session.pk, exc_info=True
+                    )
         finally:
             connection.close()
 
@@ -53,7 +55,9 @@ class _Progress:
         return {
             "elapsedSeconds": round(elapsed, 3),
             "epochsPerMinute": round(60 / per_epoch, 2) if per_epoch else None,
-            "etaSeconds": round(per_epoch * (self.total - epoch), 1) if per_epoch else None,
+            "etaSeconds": round(per_epoch * (self.total - epoch), 1)
+            if per_epoch
+            else None,
             "cpuPercent": self.process.cpu_percent(),
             "memoryMb": round(self.process.memory_info().rss / 2**20, 1),
         }
@@ -94,8 +98,9 @@ def run_training(self: Any, session_id: int) -> str:
         session.mark_failed(str(exc), traceback.format_exc())
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
-        session.mark_failed(f"Training crashed: {type(exc).__name__}: {exc}",
-                            traceback.format_exc())
+        session.mark_failed(
+            f"Training crashed: {type(exc).__name__}: {exc}", traceback.format_exc()
+        )
     else:
         if result.stopped:
             session.mark_stopped(result.report)

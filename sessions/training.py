@@ -53,7 +53,9 @@ class Dataset:
     class_names: list[str]
 
 
-def load_dataset(name: str, params: dict[str, Any], csv_path: str | None = None) -> Dataset:
+def load_dataset(
+    name: str, params: dict[str, Any], csv_path: str | None = None
+) -> Dataset:
     import numpy as np
     from sklearn import datasets
 
@@ -114,7 +116,9 @@ class _Trainer(abc.ABC):
         self.model: Any = None
 
     @abc.abstractmethod
-    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+    def run_epoch(
+        self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+    ) -> None:
         """Train one epoch in place on (X, y)."""
 
     def learning_rate(self, epoch: int) -> float | None:
@@ -144,7 +148,9 @@ class _ForestTrainer(_Trainer):
             n_jobs=1,
         )
 
-    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+    def run_epoch(
+        self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+    ) -> None:
         target = epoch * self.params["trees_per_epoch"]
         while self.model.n_estimators < target:
             if self.model.n_estimators and should_stop():
@@ -167,7 +173,9 @@ class _BoostingTrainer(_Trainer):
             random_state=params["random_state"],
         )
 
-    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+    def run_epoch(
+        self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+    ) -> None:
         self.model.n_estimators = epoch * self.params["stages_per_epoch"]
         self.model.fit(X, y)
 
@@ -190,7 +198,9 @@ class _MLPTrainer(_Trainer):
             random_state=params["random_state"],
         )
 
-    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+    def run_epoch(
+        self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+    ) -> None:
         rate = self.learning_rate(epoch)
         # Adam reads its base rate from the optimizer it created on the first call.
         optimizer = getattr(self.model, "_optimizer", None)
@@ -219,7 +229,9 @@ class _LogisticTrainer(_Trainer):
             random_state=params["random_state"],
         )
 
-    def run_epoch(self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]) -> None:
+    def run_epoch(
+        self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+    ) -> None:
         order = self.rng.permutation(len(y))
         self.model.eta0 = self.learning_rate(epoch)
         self.model.partial_fit(X[order], y[order], classes=self.classes)
@@ -243,12 +255,23 @@ class _StopInsideEpoch(Exception):
     pass
 
 
+class _Diverged(Exception):
+    """The model's outputs are no longer finite numbers."""
+
+
 def _scores(model: Any, X: Any, y: Any, classes: Any) -> tuple[float, float, Any]:
+    import numpy as np
     from sklearn.metrics import accuracy_score, log_loss
 
     proba = model.predict_proba(X)
+    if not np.isfinite(proba).all():
+        raise _Diverged
     predicted = classes[proba.argmax(axis=1)]
-    return float(log_loss(y, proba, labels=classes)), float(accuracy_score(y, predicted)), predicted
+    return (
+        float(log_loss(y, proba, labels=classes)),
+        float(accuracy_score(y, predicted)),
+        predicted,
+    )
 
 
 def fit(
@@ -305,8 +328,15 @@ def fit(
         except _StopInsideEpoch:
             stopped = True
             break
-        train_loss, train_accuracy, _ = _scores(trainer.model, X_train, y_train, classes)
-        val_loss, val_accuracy, val_predicted = _scores(trainer.model, X_val, y_val, classes)
+        try:
+            train_loss, train_accuracy, _ = _scores(
+                trainer.model, X_train, y_train, classes
+            )
+            val_loss, val_accuracy, val_predicted = _scores(
+                trainer.model, X_val, y_val, classes
+            )
+        except _Diverged:
+            train_loss = val_loss = math.nan
         if not all(math.isfinite(v) for v in (train_loss, val_loss)):
             raise TrainingError(
                 f"The loss became {'NaN' if math.isnan(train_loss) else 'infinite'} at "
@@ -335,15 +365,21 @@ def fit(
 
     report: dict[str, Any] = {"totalSeconds": time.monotonic() - started}
     if val_predicted is not None:
-        labels = [data.class_names[i] if i < len(data.class_names) else str(c)
-                  for i, c in enumerate(classes)]
+        labels = [
+            data.class_names[i] if i < len(data.class_names) else str(c)
+            for i, c in enumerate(classes)
+        ]
         report["classes"] = labels
         report["confusionMatrix"] = confusion_matrix(
             y_val, val_predicted, labels=classes
         ).tolist()
         per_class = classification_report(
-            y_val, val_predicted, labels=classes, target_names=labels,
-            output_dict=True, zero_division=0,
+            y_val,
+            val_predicted,
+            labels=classes,
+            target_names=labels,
+            output_dict=True,
+            zero_division=0,
         )
         report["perClass"] = {
             name: {k: float(v) for k, v in per_class[name].items()} for name in labels
@@ -351,7 +387,10 @@ def fit(
         importances = trainer.feature_importances()
         if importances is not None:
             report["featureImportances"] = dict(
-                sorted(zip(data.feature_names, importances, strict=True),
-                       key=lambda kv: kv[1], reverse=True)
+                sorted(
+                    zip(data.feature_names, importances, strict=True),
+                    key=lambda kv: kv[1],
+                    reverse=True,
+                )
             )
     return FitResult(epochs_done=done, stopped=stopped, report=report)

@@ -13,8 +13,14 @@ urlpatterns = [
     path("api/ml/training-data", api.training_data, name="api-training-data"),
     path("api/ml/start-training", api.start_training, name="api-start"),
     path("api/ml/stop-training/<int:session_id>", api.stop_training, name="api-stop"),
-    path("api/ml/training-session/<int:session_id>", api.training_session,
-         name="api-session"),
-    path("api/ml/training-metrics/<int:session_id>", api.training_metrics,
-         name="api-metrics"),
+    path(
+        "api/ml/training-session/<int:session_id>",
+        api.training_session,
+        name="api-session",
+    ),
+    path(
+        "api/ml/training-metrics/<int:session_id>",
+        api.training_metrics,
+        name="api-metrics",
+    ),
 ]

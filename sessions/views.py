@@ -23,7 +23,10 @@ def _get_session_for_user(request: HttpRequest, pk: int) -> TrainingSession:
 
 def _focus_session(sessions: Any) -> TrainingSession | None:
     """The session the live chart follows: the newest running one, else the newest."""
-    return sessions.filter(status=TrainingSession.Status.RUNNING).first() or sessions.first()
+    return (
+        sessions.filter(status=TrainingSession.Status.RUNNING).first()
+        or sessions.first()
+    )
 
 
 @login_required
@@ -41,7 +44,9 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "page_data": {
             "active": [s.as_dict() for s in sessions.active()],
             "focus": focus.as_dict() if focus else None,
-            "focusEpochs": [row.as_dict() for row in focus.epochs.all()] if focus else [],
+            "focusEpochs": [row.as_dict() for row in focus.epochs.all()]
+            if focus
+            else [],
         },
     }
     return render(request, "sessions/models_page.html", ctx)
@@ -58,7 +63,9 @@ def start_training(request: HttpRequest) -> HttpResponse:
     session = form.save(owner=request.user)
     events.push_status(session, "training_status")
     label = catalog.MODEL_TYPES[session.model_type].label
-    messages.success(request, f"Queued {label} on {session.dataset} as session #{session.pk}.")
+    messages.success(
+        request, f"Queued {label} on {session.dataset} as session #{session.pk}."
+    )
     return redirect(reverse("sessions:models") + "?tab=training")
 
 
@@ -69,8 +76,12 @@ def stop_training(request: HttpRequest, pk: int) -> HttpResponse:
     if session.request_stop():
         events.push_status(session)
     else:
-        messages.error(request, f"Session #{pk} has already finished ({session.status}).")
-    return redirect(request.POST.get("next") or reverse("sessions:models") + "?tab=training")
+        messages.error(
+            request, f"Session #{pk} has already finished ({session.status})."
+        )
+    return redirect(
+        request.POST.get("next") or reverse("sessions:models") + "?tab=training"
+    )
 
 
 @login_required

@@ -16,6 +16,8 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"No user named {options['username']!r}")
         token, raw = ApiToken.issue(user, options["name"])
-        self.stdout.write(f"Created token {token.prefix}... for {user.username}; "
-                          "it is shown only once:")
+        self.stdout.write(
+            f"Created token {token.prefix}... for {user.username}; "
+            "it is shown only once:"
+        )
         return raw

@@ -1,0 +1,214 @@
+"""Shared fixtures. Tests talk to a real Redis, a real database and, for the
+integration and browser tests, real Celery and daphne processes.
+
+Tests use their own Redis database (TEST_REDIS_URL, default db 15 of the local
+server; an embedded redis-server when none answers), so a running dev worker can
+never take their tasks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import stack  # noqa: E402
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _test_redis_url() -> str:
+    url = os.getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return url
+    except redis.ConnectionError:
+        port = stack.free_port()
+        process = stack.start_redis(port, ROOT / "var" / "test-redis")
+        atexit.register(stack.stop, [process])
+        return f"redis://127.0.0.1:{port}/15"
+
+
+def _use_redis(url: str) -> None:
+    """Point this process's Celery and channel layer at the tests' Redis."""
+    from channels.layers import channel_layers
+
+    from mltrack.celery import app
+
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
+        {"address": url, "socket_timeout": None}
+    ]
+    app.conf.broker_url = url
+    channel_layers.backends.clear()
+
+
+REDIS_URL = _test_redis_url()
+redis.Redis.from_url(REDIS_URL).flushdb()
+_use_redis(REDIS_URL)
+(ROOT / "var").mkdir(exist_ok=True)
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-password-1")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", password="bob-password-1")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user(
+        "staff", password="staff-password-1", is_staff=True
+    )
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def make_session(alice):
+    from sessions.models import TrainingSession
+
+    def make(**fields):
+        fields.setdefault("owner", alice)
+        fields.setdefault("model_type", "randomforest")
+        fields.setdefault("dataset", "iris")
+        fields.setdefault("total_epochs", 3)
+        fields.setdefault(
+            "params", _default_params(fields["model_type"], fields["dataset"])
+        )
+        return TrainingSession.objects.create(**fields)
+
+    return make
+
+
+def _default_params(model_type: str, dataset: str) -> dict:
+    from sessions import catalog
+
+    if model_type not in catalog.MODEL_TYPES or dataset not in catalog.DATASETS:
+        return {}
+    cleaned, _ = catalog.clean_params(model_type, dataset, {})
+    return cleaned
+
+
+def database_url_for_processes() -> str:
+    """The URL of the test database, for the worker and daphne processes."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+    return f"postgres://{auth}@{host}/{db['NAME']}"
+
+
+class Stack:
+    """A Celery worker and daphne, as separate processes on the test database."""
+
+    def __init__(self, redis_url: str, log_dir: Path) -> None:
+        self.redis_url = redis_url
+        self.log_dir = log_dir
+        self.port = stack.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = dict(
+            os.environ,
+            REDIS_URL=redis_url,
+            DATABASE_URL=database_url_for_processes(),
+            DJANGO_SETTINGS_MODULE="mltrack.settings",
+            DEBUG="1",
+            PYTHONUNBUFFERED="1",
+        )
+        self.workers: list = []
+        self.daphne = None
+
+    def start(self) -> Stack:
+        self.start_worker()
+        self.start_daphne()
+        return self
+
+    def start_worker(self, name: str = "worker"):
+        worker = stack.start_worker(self.env, self.log_dir / f"{name}.log", name=name)
+        self.workers.append(worker)
+        return worker
+
+    def start_daphne(self) -> None:
+        self.daphne = stack.start_daphne(
+            self.env, self.port, self.log_dir / "daphne.log"
+        )
+
+    def stop(self) -> None:
+        stack.stop([*self.workers, *([self.daphne] if self.daphne else [])])
+
+
+@pytest.fixture(scope="session")
+def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Worker and daphne for the whole run; their tests need transactional_db."""
+    running = Stack(REDIS_URL, tmp_path_factory.mktemp("stack-logs")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API keeps an event loop running in this thread; Django's
+    # ORM, used by the fixtures alongside it, is safe here because nothing else runs.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=os.getenv("CHROMIUM", "/usr/bin/chromium"),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser page; fails the test on console errors and saves a screenshot."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    new_page = context.new_page()
+    problems: list[str] = []
+    new_page.on(
+        "console", lambda m: problems.append(m.text) if m.type == "error" else None
+    )
+    new_page.on("pageerror", lambda e: problems.append(str(e)))
+    new_page.console_problems = problems
+    yield new_page
+    ARTIFACTS.mkdir(exist_ok=True)
+    new_page.screenshot(
+        path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True
+    )
+    context.close()
+
+
+def login(page, base_url: str, username: str, password: str) -> None:
+    page.goto(f"{base_url}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#connection")
