@@ -81,6 +81,8 @@ class TrainingSession(models.Model):
     final_metrics = models.JSONField(default=dict, blank=True)
     report = models.JSONField(default=dict, blank=True)
     best_val_accuracy = models.FloatField(null=True, blank=True)
+    # Warnings about the run that do not stop it, e.g. "overfitting", "plateau".
+    diagnostics = models.JSONField(default=list, blank=True)
 
     objects = TrainingSessionQuerySet.as_manager()
 
@@ -141,6 +143,7 @@ class TrainingSession(models.Model):
             "finalMetrics": self.final_metrics,
             "bestValAccuracy": self.best_val_accuracy,
             "report": self.report,
+            "diagnostics": self.diagnostics,
             "error": self.error,
             "url": self.get_absolute_url(),
         }

@@ -55,7 +55,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def start_training(request: HttpRequest) -> HttpResponse:
-    form = StartTrainingForm(request.POST)
+    form = StartTrainingForm(request.POST, request.FILES)
     if not form.is_valid():
         for field, message in form.field_errors().items():
             messages.error(request, f"{field}: {message}")
