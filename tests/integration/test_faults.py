@@ -219,3 +219,51 @@ def test_hundreds_of_viewers_and_a_stalled_one_all_get_every_epoch(live_stack, a
     assert session.status == "completed"
     for viewer in viewers:
         assert sorted(viewer.epochs) == list(range(1, 31))
+
+
+def test_events_dropped_by_a_full_channel_are_backfilled(redis_server, tmp_path, alice):
+    """An overloaded web process (daphne paused) lets its channel fill up; the
+    channel layer then drops events. The viewer sees the gap and backfills."""
+    import os
+    import signal
+
+    overloaded = Stack(redis_server.url, tmp_path)
+    overloaded.env["CHANNEL_CAPACITY"] = "5"
+    overloaded.start()
+    try:
+        _, token = ApiToken.issue(alice)
+        body = {"modelType": "logistic", "dataset": "iris", "epochs": 150}
+        session_id = call(overloaded, "POST", "/api/ml/start-training", token, body)[
+            "session"
+        ]["id"]
+
+        class CountingViewer(Viewer):
+            gaps = 0
+
+            async def backfill(self) -> None:
+                self.gaps += 1
+                await super().backfill()
+
+        viewer = CountingViewer(overloaded, token, session_id)
+
+        def pause_daphne():
+            paused_at = EpochMetric.objects.filter(session_id=session_id).count()
+            os.kill(overloaded.daphne.pid, signal.SIGSTOP)
+            try:
+                wait_for_epoch(session_id, paused_at + 20)
+            finally:
+                os.kill(overloaded.daphne.pid, signal.SIGCONT)
+
+        async def scenario():
+            watching = asyncio.create_task(viewer.watch())
+            await asyncio.to_thread(wait_for_epoch, session_id, 3)
+            await asyncio.to_thread(pause_daphne)
+            await watching
+
+        asyncio.run(scenario())
+    finally:
+        overloaded.stop()
+    assert TrainingSession.objects.get(pk=session_id).status == "completed"
+    assert sorted(viewer.epochs) == list(range(1, 151))
+    # One backfill on connect, one at the end, and at least one for the gap.
+    assert viewer.gaps >= 3 and viewer.connections == 1
