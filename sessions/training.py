@@ -368,6 +368,8 @@ class _MLPTrainer(_Trainer):
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
     ) -> None:
         rate = self.learning_rate(epoch)
+        # A batch larger than a small data set is the whole set (without a warning).
+        self.model.batch_size = min(self.params["batch_size"], len(y))
         # The optimizer reads its base rate from the one it created on the first call.
         optimizer = getattr(self.model, "_optimizer", None)
         if optimizer is None:
