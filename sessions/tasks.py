@@ -113,7 +113,9 @@ def run_training(self: Any, session_id: int) -> str:
         events.push_epoch(session, row, stats)
 
     def should_stop() -> bool:
-        return session.current_status() == TrainingSession.Status.STOPPING
+        # Not only "stopping": a worker that froze past the heartbeat timeout finds
+        # its session failed as lost, and must not go on training it.
+        return session.current_status() != TrainingSession.Status.RUNNING
 
     try:
         result = training.fit(

@@ -340,8 +340,13 @@ class _BoostingTrainer(_Trainer):
     def run_epoch(
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
     ) -> None:
-        self.model.n_estimators = epoch * self.params["stages_per_epoch"]
-        self.model.fit(X, y)
+        # Stages are added in chunks so a stop request is seen inside a long epoch.
+        target = epoch * self.params["stages_per_epoch"]
+        while self.model.n_estimators < target:
+            if self.model.n_estimators and should_stop():
+                raise _StopInsideEpoch
+            self.model.n_estimators = min(target, self.model.n_estimators + 10)
+            self.model.fit(X, y)
 
     def learning_rate(self, epoch: int) -> float | None:
         return self.params["learning_rate"]

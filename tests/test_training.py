@@ -221,3 +221,16 @@ def test_a_session_whose_csv_is_gone_fails_with_an_actionable_message(tmp_path):
             csv_path=str(tmp_path / "gone.csv"),
             target_column="kind",
         )
+
+
+def test_a_stop_request_is_seen_inside_a_long_boosting_epoch():
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 2  # the check before epoch 1, then one inside it
+
+    result, seen = run(
+        "gradientboosting", epochs=2, stages_per_epoch=50, should_stop=should_stop
+    )
+    assert result.stopped and seen == [] and len(calls) == 3
