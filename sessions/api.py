@@ -148,7 +148,11 @@ def models(request: HttpRequest) -> JsonResponse:
 
 @api_view(("POST",))
 def start_training(request: HttpRequest) -> JsonResponse:
-    form = StartTrainingForm(_json_body(request))
+    # A CSV data set comes as multipart/form-data; everything else as JSON.
+    if request.content_type == "multipart/form-data":
+        form = StartTrainingForm(request.POST, request.FILES)
+    else:
+        form = StartTrainingForm(_json_body(request))
     if not form.is_valid():
         fields = form.field_errors()
         raise ApiError(400, "; ".join(fields.values()), fields)

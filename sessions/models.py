@@ -4,10 +4,11 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -83,6 +84,9 @@ class TrainingSession(models.Model):
     best_val_accuracy = models.FloatField(null=True, blank=True)
     # Warnings about the run that do not stop it, e.g. "overfitting", "plateau".
     diagnostics = models.JSONField(default=list, blank=True)
+    # An uploaded CSV data set (dataset "csv"); stored under MEDIA_ROOT, never served.
+    data_file = models.FileField(upload_to="uploads/%Y/%m/", blank=True)
+    target_column = models.CharField(max_length=200, blank=True)
 
     objects = TrainingSessionQuerySet.as_manager()
 
@@ -116,6 +120,19 @@ class TrainingSession(models.Model):
         return round(min(100.0, 100.0 * self.current_epoch / self.total_epochs), 1)
 
     @property
+    def queue_position(self) -> int | None:
+        """1 for the next queued session to start, None once it is not queued.
+
+        One COUNT on the status index, and only for queued sessions."""
+        if self.status != self.Status.QUEUED:
+            return None
+        older = TrainingSession.objects.filter(status=self.Status.QUEUED).filter(
+            models.Q(created__lt=self.created)
+            | models.Q(created=self.created, pk__lt=self.pk)
+        )
+        return older.count() + 1
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at is None:
             return None
@@ -144,6 +161,9 @@ class TrainingSession(models.Model):
             "bestValAccuracy": self.best_val_accuracy,
             "report": self.report,
             "diagnostics": self.diagnostics,
+            "queuePosition": self.queue_position,
+            "csvFile": PurePath(self.data_file.name).name if self.data_file else None,
+            "targetColumn": self.target_column or None,
             "error": self.error,
             "url": self.get_absolute_url(),
         }
@@ -169,6 +189,48 @@ class TrainingSession(models.Model):
             started_at=moment,
             heartbeat_at=moment,
         )
+
+    def start_if_slot_free(self, task_id: str, max_running: int) -> bool:
+        """Mark this queued session running unless `max_running` sessions already
+        train. The count and the update happen under one lock (SQLite: the
+        IMMEDIATE transaction; PostgreSQL: an advisory lock), so two workers
+        cannot both take the last slot."""
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SLOT_LOCK])
+            running = TrainingSession.objects.filter(
+                status__in=(self.Status.RUNNING, self.Status.STOPPING)
+            ).count()
+            if running >= max_running:
+                self.refresh_from_db()
+                return False
+            return self.mark_running(task_id)
+
+    def mark_lost(self, silent_for: timedelta) -> bool:
+        """Fail a running session whose heartbeat is older than `silent_for`.
+
+        The heartbeat is part of the condition, so a session that beat a moment
+        ago is left alone even if it was listed as lost."""
+        updated = TrainingSession.objects.filter(
+            pk=self.pk,
+            status__in=(self.Status.RUNNING, self.Status.STOPPING),
+            heartbeat_at__lt=now() - silent_for,
+        ).update(
+            status=self.Status.FAILED,
+            finished_at=now(),
+            error=(
+                f"Worker lost: no heartbeat for {silent_for.total_seconds():.0f} s "
+                "(the worker process died or lost its connection). The finished "
+                "epochs are kept; start a new session to train again."
+            ),
+        )
+        self.refresh_from_db()
+        return bool(updated)
+
+    def set_diagnostics(self, diagnostics: list[dict[str, Any]]) -> None:
+        self.diagnostics = diagnostics
+        self.save(update_fields=["diagnostics"])
 
     def mark_completed(self, report: dict[str, Any]) -> bool:
         return self._transition(
@@ -338,6 +400,10 @@ class ApiToken(models.Model):
     def revoke(self) -> None:
         self.revoked_at = now()
         self.save(update_fields=["revoked_at"])
+
+
+# Key of the PostgreSQL advisory lock that serializes claims of a training slot.
+_SLOT_LOCK = 7_310_233
 
 
 def _iso(moment: Any) -> str | None:
