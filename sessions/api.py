@@ -144,7 +144,7 @@ def _int_arg(
     maximum: int = MAX_ID,
 ) -> int | None:
     value = request.GET.get(name)
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)
@@ -381,6 +381,8 @@ def create_run(request: HttpRequest) -> JsonResponse:
     if bad:
         raise _bad(f"params.{bad}", f"params.{bad} must be a finite number")
     total = body.get("totalEpochs")
+    if isinstance(total, float) and total.is_integer():
+        total = int(total)  # 20.0 is the integer 20 in JSON
     if total is not None and (
         not isinstance(total, int)
         or isinstance(total, bool)
@@ -439,6 +441,8 @@ def _clean_epochs(body: dict) -> list[tuple[int, dict[str, Any], float | None]]:
         if not isinstance(item, dict):
             raise _bad(where, f"{where} must be an object {{epoch, metrics}}")
         epoch = item.get("epoch")
+        if isinstance(epoch, float) and epoch.is_integer():
+            epoch = int(epoch)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise _bad(f"{where}.epoch", f"{where}.epoch must be an integer")
         if not 0 <= epoch <= 2**31 - 1:

@@ -171,11 +171,16 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object",
                 "minProperties": 1,
                 "maxProperties": 200,
+                "propertyNames": {
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "pattern": "^[^\\u0000]+$",
+                },
                 "additionalProperties": {"type": "number"},
                 "description": "Finite numbers only: NaN, infinity and strings are "
                 "refused with 400 naming the epoch and metric",
             },
-            "duration": {"type": "number", "minimum": 0},
+            "duration": {"type": ["number", "null"], "minimum": 0},
         },
     },
 }
@@ -439,21 +444,24 @@ def _paths() -> dict[str, Any]:
                 "description": "The run appears on the Models page at once as model "
                 "type `external`, status running.",
                 "requestBody": {
-                    "required": True,
+                    "required": False,
                     "content": {
                         "application/json": {
                             "schema": {
                                 "type": "object",
                                 "properties": {
-                                    "name": {"type": "string", "maxLength": 200},
+                                    "name": {
+                                        "type": ["string", "null"],
+                                        "maxLength": 200,
+                                    },
                                     "dataset": {
-                                        "type": "string",
+                                        "type": ["string", "null"],
                                         "maxLength": 32,
                                         "description": "A label (default `custom`)",
                                     },
-                                    "params": {"type": "object"},
+                                    "params": {"type": ["object", "null"]},
                                     "totalEpochs": {
-                                        "type": "integer",
+                                        "type": ["integer", "null"],
                                         "minimum": 1,
                                         "maximum": settings.MLTRACK_MAX_EPOCHS,
                                     },
@@ -492,8 +500,9 @@ def _paths() -> dict[str, Any]:
                                     "epochs": {
                                         "type": "array",
                                         "minItems": 1,
-                                        "maxItems": 10_000,
                                         "items": _ref("LoggedEpoch"),
+                                        "description": "At most 10,000 per request "
+                                        "(more: 413)",
                                     }
                                 },
                             },
@@ -543,7 +552,10 @@ def _paths() -> dict[str, Any]:
                                         "type": "string",
                                         "enum": ["completed", "failed"],
                                     },
-                                    "error": {"type": "string", "maxLength": 10_000},
+                                    "error": {
+                                        "type": ["string", "null"],
+                                        "maxLength": 10_000,
+                                    },
                                 },
                             },
                             "example": {"status": "completed"},
