@@ -87,6 +87,9 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 if reason:
                     return error_response(403, reason)
             try:
+                # Read the body here, so every endpoint refuses an oversized one,
+                # even those that ignore what is sent.
+                request.body  # noqa: B018
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.error, exc.fields)
