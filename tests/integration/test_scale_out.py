@@ -20,7 +20,6 @@ import pytest
 import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
-from tests.conftest import stack
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,31 +27,7 @@ SESSIONS = 4
 EPOCHS = 8
 FINAL = {"training_completed", "training_failed", "training_stopped"}
 RECEIVED = re.compile(r"Task sessions\.tasks\.run_training\[([0-9a-f-]+)\] received")
-
-
-@pytest.fixture
-def second_web_and_worker(live_stack, tmp_path):
-    """One more worker and one more daphne beside live_stack's, on its database
-    and Redis. The extra worker takes one run at a time, live_stack's takes two,
-    so four runs started together cannot all land on one of them."""
-    worker_log = tmp_path / "worker-b.log"
-    worker = stack.start_worker(
-        live_stack.env, worker_log, name="worker-b", concurrency=1
-    )
-    port = stack.free_port()
-    web = stack.start_daphne(live_stack.env, port, tmp_path / "daphne-b.log")
-    _wait_for_worker(worker_log)
-    yield f"http://127.0.0.1:{port}", worker_log
-    stack.stop([worker, web])
-
-
-def _wait_for_worker(log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and " ready." in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"worker-b not ready: {log.read_text(errors='replace')}")
+# second_web_and_worker (tests/conftest.py) adds the second worker and daphne.
 
 
 def _post(base_url: str, path: str, token: str, body: dict) -> dict:
