@@ -185,6 +185,9 @@ def test_the_progress_line_shows_epoch_metrics_and_time_left(make_session):
     )
     session.refresh_from_db()
     line = progress_line(session, width=120)
-    assert line.startswith("[##########" + "." * 30 + "]  25.0%")
+    assert line.startswith("[########" + "." * 22 + "]  25.0%")
     assert "epoch 5/20  loss 0.1000  acc 0.9000  30 s left  running" in line
     assert len(progress_line(session, width=60)) < 60
+    session.record_epoch(6, {"val_loss": 2e-05, "val_accuracy": 1.0})
+    session.refresh_from_db()
+    assert "loss 2e-05  acc 1.0000" in progress_line(session)

@@ -154,7 +154,7 @@ class Command(BaseCommand):
         if metrics:
             width = max(len(name) for name in metrics)
             for name, value in metrics.items():
-                shown = f"{value:.4f}" if isinstance(value, float) else value
+                shown = _number(value) if isinstance(value, float) else value
                 self.stdout.write(f"  {name:<{width}}  {shown}")
         if session.best_val_accuracy is not None:
             self.stdout.write(f"Best val_accuracy: {session.best_val_accuracy:.4f}")
@@ -229,17 +229,25 @@ def progress_line(session: TrainingSession, width: int = 100) -> str:
         accuracy = _first(metrics, "val_accuracy", "train_accuracy")
         parts = [f"epoch {session.current_epoch}/{total or '?'}"]
         if loss is not None:
-            parts.append(f"loss {loss:.4f}")
+            parts.append(f"loss {_number(loss)}")
         if accuracy is not None:
-            parts.append(f"acc {accuracy:.4f}")
+            parts.append(f"acc {_number(accuracy)}")
         left = _seconds_left(session)
         if left is not None:
             parts.append(f"{_clock(left)} left")
         facts = "  ".join(parts)
     facts = f"{session.progress:5.1f}%  {facts}  {session.status}"
-    cells = max(10, min(40, width - len(facts) - 4))
+    # A fixed bar length, so the bar does not jump as the numbers change.
+    cells = 30 if width >= 100 else 20
     filled = round(cells * session.progress / 100)
     return f"[{'#' * filled}{'.' * (cells - filled)}] {facts}"[: width - 1]
+
+
+def _number(value: float) -> str:
+    # Four decimals, but keep a learning rate of 1e-05 from showing as 0.0000.
+    if value == 0 or 0.001 <= abs(value) < 10_000:
+        return f"{value:.4f}"
+    return f"{value:.3g}"
 
 
 def _first(metrics: dict[str, Any], *names: str) -> float | None:
