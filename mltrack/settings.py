@@ -139,7 +139,8 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where collectstatic gathers the files whitenoise serves when DEBUG is off.
+STATIC_ROOT = Path(os.getenv("STATIC_ROOT", BASE_DIR / "staticfiles"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -149,7 +150,8 @@ STORAGES = {
     },
 }
 # Serve static files from the finders when DEBUG is on, so no collectstatic is needed
-# in development or tests.
+# in development or tests. With DEBUG off, whitenoise serves STATIC_ROOT's hashed,
+# pre-compressed copies with far-future cache headers.
 WHITENOISE_USE_FINDERS = DEBUG
 
 # Redis carries both the Celery queue and the channel layer.

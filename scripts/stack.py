@@ -54,6 +54,20 @@ def wait_for_port(
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
 
 
+def wait_for_log(
+    log: Path, text: str, process: subprocess.Popen, what: str, timeout: float = 90
+) -> None:
+    """Wait until `text` appears in a process's log (a Celery worker says "ready.")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not log {text!r} within {timeout:.0f} s")
+
+
 def start_redis(port: int, data_dir: Path) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(

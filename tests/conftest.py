@@ -165,6 +165,25 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     running.stop()
 
 
+@pytest.fixture
+def second_web_and_worker(live_stack, tmp_path):
+    """One more worker and one more daphne beside live_stack's, on its database and
+    Redis: the scale-out layout. The extra worker takes one run at a time and
+    live_stack's two, so four runs started together cannot all land on one of them.
+    Yields the second daphne's URL and the second worker's log."""
+    worker_log = tmp_path / "worker-b.log"
+    worker = stack.start_worker(
+        live_stack.env, worker_log, name="worker-b", concurrency=1
+    )
+    port = stack.free_port()
+    web = stack.start_daphne(live_stack.env, port, tmp_path / "daphne-b.log")
+    try:
+        stack.wait_for_log(worker_log, " ready.", worker, "worker-b")
+        yield f"http://127.0.0.1:{port}", worker_log
+    finally:
+        stack.stop([worker, web])
+
+
 def pytest_collection_modifyitems(items):
     """Run browser tests last: Playwright's sync API keeps an event loop running in
     the main thread, which breaks async_to_sync and asyncio.run in later tests."""
