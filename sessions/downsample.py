@@ -8,12 +8,7 @@ averaging would smooth away. Plain Python with no Django import.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-
-
-def _present(value: float | None) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def min_max_indices(values: Sequence[float | None], max_points: int) -> list[int]:
@@ -23,7 +18,8 @@ def min_max_indices(values: Sequence[float | None], max_points: int) -> list[int
     """
     if max_points < 2:
         raise ValueError("max_points must be at least 2")
-    present = [i for i, value in enumerate(values) if _present(value)]
+    # `v == v` is False for NaN; inlined because this runs once per point.
+    present = [i for i, v in enumerate(values) if v is not None and v == v]
     if len(present) <= max_points:
         return present
     # Two points per bucket, and the first and last point on top of that.

@@ -18,15 +18,21 @@ CHART_MAX_POINTS = 1000
 _COLUMNS = ("epoch", *STANDARD_METRICS, "duration", "created", "extra")
 
 
-def epoch_tuples(
-    rows: QuerySet[EpochMetric], first: int | None = None, last: int | None = None
-) -> Iterator[tuple]:
-    """(epoch, *STANDARD_METRICS, duration, created, extra) in epoch order."""
+def _in_range(
+    rows: QuerySet[EpochMetric], first: int | None, last: int | None
+) -> QuerySet[EpochMetric]:
     if first is not None:
         rows = rows.filter(epoch__gte=first)
     if last is not None:
         rows = rows.filter(epoch__lte=last)
-    return rows.order_by("epoch").values_list(*_COLUMNS).iterator(chunk_size=5000)
+    return rows.order_by("epoch")
+
+
+def epoch_tuples(
+    rows: QuerySet[EpochMetric], first: int | None = None, last: int | None = None
+) -> Iterator[tuple]:
+    """(epoch, *STANDARD_METRICS, duration, created, extra) in epoch order."""
+    return _in_range(rows, first, last).values_list(*_COLUMNS).iterator(chunk_size=5000)
 
 
 def _row(values: tuple, names: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -55,29 +61,54 @@ def chart_rows(
     A thinned row carries only the metrics chosen at that epoch, so every series
     keeps its own spikes and dips yet has at most `max_points` points.
     """
-    tuples = list(epoch_tuples(rows, first, last))
-    result: dict[str, Any] = {"count": len(tuples), "downsampled": False}
-    if max_points is None or len(tuples) <= max_points:
-        result["epochs"] = [_row(values) for values in tuples]
-        return result
+    rows = _in_range(rows, first, last)
+    # Only the numbers first: timestamps and JSON cost far more to convert, and
+    # are needed for the chosen epochs only.
+    numbers = list(rows.values_list("epoch", *STANDARD_METRICS).iterator(10_000))
+    if max_points is None or len(numbers) <= max_points:
+        return {
+            "count": len(numbers),
+            "downsampled": False,
+            "epochs": [_row(values) for values in rows.values_list(*_COLUMNS)],
+        }
 
+    epochs = [values[0] for values in numbers]
     series: dict[str, list[Any]] = {
-        name: [values[i + 1] for values in tuples]
+        name: [values[i + 1] for values in numbers]
         for i, name in enumerate(STANDARD_METRICS)
     }
-    extra_names = sorted({name for values in tuples for name in values[-1]})
-    for name in extra_names:
+    # Extra metrics come from external runs; most sessions have none.
+    extras = dict(rows.exclude(extra={}).values_list("epoch", "extra"))
+    for name in sorted({name for extra in extras.values() for name in extra}):
         if name not in series:
-            series[name] = [values[-1].get(name) for values in tuples]
+            series[name] = [extras.get(epoch, {}).get(name) for epoch in epochs]
     chosen: dict[int, list[str]] = {}
     for name, indices in downsample_series(series, max_points).items():
         for index in indices:
-            chosen.setdefault(index, []).append(name)
-    result["downsampled"] = True
-    result["epochs"] = [
-        _row(tuples[index], tuple(chosen[index])) for index in sorted(chosen)
-    ]
-    return result
+            chosen.setdefault(epochs[index], []).append(name)
+    details: dict[int, tuple] = {}
+    wanted = sorted(chosen)
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        for epoch, duration, created in rows.filter(epoch__in=batch).values_list(
+            "epoch", "duration", "created"
+        ):
+            details[epoch] = (duration, created)
+    result = []
+    for index, epoch in enumerate(epochs):
+        if epoch not in chosen:
+            continue
+        duration, created = details.get(epoch, (None, None))
+        metrics = {name: series[name][index] for name in chosen[epoch]}
+        result.append(
+            {
+                "epoch": epoch,
+                "metrics": metrics,
+                "duration": duration,
+                "time": created.isoformat() if created else None,
+            }
+        )
+    return {"count": len(numbers), "downsampled": True, "epochs": result}
 
 
 def csv_lines(session: TrainingSession) -> Iterator[str]:
