@@ -26,6 +26,7 @@
   let focus = initial.focus;
   let store = new EpochStore(focus ? focus.id : null);
   let live = true;
+  let lastEventAt = Date.now();
   (initial.focusEpochs || []).forEach((row) => store.add(row));
   redrawCharts();
   renderFocus();
@@ -226,6 +227,7 @@
   }
 
   function onEvent(event) {
+    lastEventAt = Date.now();
     const s = event.session;
     if (event.stats) statsBySession.set(s.id, event.stats);
     if (!ACTIVE.includes(s.status)) stopping.delete(s.id);
@@ -305,6 +307,14 @@
     },
   });
   setInterval(renderClock, 1000);
+  // A socket can stay open yet deliver nothing (a channel layer that lost its
+  // groups): while something trains and all is quiet, ask the API.
+  setInterval(() => {
+    if (!live || active.size === 0 || Date.now() - lastEventAt < 15000) return;
+    lastEventAt = Date.now();
+    backfill().catch(console.warn);
+    refreshActive().catch(console.warn);
+  }, 5000);
 
   function setUpCustomForm(form) {
     const model = form.querySelector("#id_modelType");

@@ -26,6 +26,7 @@
   let zoom = null;
   let refreshing = null;
   let lastOverview = Date.now();
+  let lastEventAt = Date.now();
 
   const charts = {};
   document.querySelectorAll("figure.chart").forEach((figure) => {
@@ -218,6 +219,7 @@
     open: () => backfill().catch(console.warn),
     event: (event) => {
       if (event.session.id !== session.id) return;
+      lastEventAt = Date.now();
       const before = session.status;
       session = event.session;
       if (event.type === "training_progress") {
@@ -239,4 +241,11 @@
     },
   });
   setInterval(render, 1000);
+  // A socket can stay open yet deliver nothing (a channel layer that lost its
+  // groups): while the run is active and all is quiet, ask the API.
+  setInterval(() => {
+    if (!ACTIVE.includes(session.status) || Date.now() - lastEventAt < 15000) return;
+    lastEventAt = Date.now();
+    backfill().catch(console.warn);
+  }, 5000);
 })();
