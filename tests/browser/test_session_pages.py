@@ -182,7 +182,14 @@ def test_compare_names_an_unknown_session(live_stack, page, alice):
 
 
 @pytest.mark.parametrize(
-    "path", ["/?tab=training", "/?tab=models", "/sessions/{pk}/", "/sessions/compare/"]
+    "path",
+    [
+        "/?tab=training",
+        "/?tab=models",
+        "/sessions/{pk}/",
+        "/sessions/compare/?ids={pk}",
+    ],
+    ids=["training-tab", "models-tab", "session-page", "compare-page"],
 )
 def test_pages_fit_a_phone_screen(live_stack, page, alice, path):
     session = _finished_session(alice, 20)
