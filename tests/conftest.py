@@ -238,3 +238,11 @@ def login(page, base_url: str, username: str, password: str) -> None:
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("#connection")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser tests last: Playwright's sync API keeps an event loop running
+    in the main thread for the rest of the run, and asyncio tests (consumers, tasks)
+    cannot start their own loop once it does."""
+    browser_dir = ROOT / "tests" / "browser"
+    items.sort(key=lambda item: Path(item.fspath).is_relative_to(browser_dir))
