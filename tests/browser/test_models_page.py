@@ -84,7 +84,7 @@ def test_stop_shows_stopping_then_stopped(live_stack, page, alice):
     page.click("#custom-run button[type=submit]")
     page.wait_for_function(
         "document.querySelector('#focus-status').textContent === 'running'"
-        " && window.mltrack.store().last >= 2",
+        " && window.mltrack && window.mltrack.store().last >= 2",
         timeout=120_000,
     )
     session = TrainingSession.objects.get()

@@ -49,7 +49,9 @@ def own_stack(tmp_path):
 def test_a_daphne_restart_mid_run_loses_no_epoch(own_stack, page, alice):
     login(page, own_stack.url, "alice", "alice-password-1")
     _start_slow_run(page, own_stack.url)
-    page.wait_for_function("window.mltrack.store().last >= 3", timeout=120_000)
+    page.wait_for_function(
+        "window.mltrack && window.mltrack.store().last >= 3", timeout=120_000
+    )
     page.evaluate(RECORD_STATES)
     own_stack.restart_daphne(down_for=1.0)
     page.wait_for_function(
@@ -70,7 +72,9 @@ def test_a_redis_restart_mid_run_loses_no_epoch(page, alice, tmp_path):
     try:
         login(page, running.url, "alice", "alice-password-1")
         _start_slow_run(page, running.url)
-        page.wait_for_function("window.mltrack.store().last >= 3", timeout=120_000)
+        page.wait_for_function(
+            "window.mltrack && window.mltrack.store().last >= 3", timeout=120_000
+        )
         session_url = page.get_attribute("#focus-link", "href")
         page.goto(running.url + session_url)
         page.wait_for_selector('#connection[data-state="live"]')
@@ -82,6 +86,8 @@ def test_a_redis_restart_mid_run_loses_no_epoch(page, alice, tmp_path):
         )
         assert page.text_content("#focus-epoch") == f"Epoch {EPOCHS}/{EPOCHS}"
         _assert_every_epoch_once(page)
+        # The final report replaces its placeholder without a reload.
+        page.wait_for_selector("table.confusion")
         print("\nconnection states:", page.evaluate("window.connectionStates"))
         problems = [p for p in page.console_problems if "WebSocket" not in p]
         assert problems == []
