@@ -98,3 +98,31 @@ def test_it_rejects_a_bad_max_points(alice_client, trained, value):
     )
     assert response.status_code == 400
     assert "maxPoints" in response.json()["fields"]
+
+
+def test_thinned_rows_keep_extra_metrics_and_timestamps(alice_client, make_session):
+    from sessions.models import EpochMetric
+
+    session = make_session(total_epochs=5000)
+    EpochMetric.objects.bulk_create(
+        EpochMetric(
+            session=session,
+            epoch=epoch,
+            train_loss=1 / epoch,
+            extra={"gpu_temp": 60 + epoch % 9} if epoch % 10 == 0 else {},
+        )
+        for epoch in range(1, 5001)
+    )
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{session.pk}?maxPoints=100"
+    ).json()
+    temps = [e for e in body["epochs"] if "gpu_temp" in e["metrics"]]
+    assert 2 <= len(temps) <= 100
+    assert all(e["time"] for e in body["epochs"])
+
+
+def test_after_and_from_together_start_at_the_later_one(alice_client, trained):
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{trained.pk}?after=3&from=2&to=5"
+    ).json()
+    assert [e["epoch"] for e in body["epochs"]] == [4, 5]

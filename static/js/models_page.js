@@ -27,6 +27,8 @@
   let store = new EpochStore(focus ? focus.id : null);
   let live = true;
   let lastEventAt = Date.now();
+  let lastOverview = 0;
+  let refreshing = null;
   (initial.focusEpochs || []).forEach((row) => store.add(row));
   redrawCharts();
   renderFocus();
@@ -251,9 +253,28 @@
         backfill().catch(console.warn);
       } else if (store.add(row)) {
         charts.forEach((chart) => chart.append(row));
+        maybeRefreshOverview();
       }
     }
     renderFocus();
+  }
+
+  // A live run that outgrows the chart: replace its points with a thinned overview.
+  function maybeRefreshOverview() {
+    if (refreshing || store.size <= 3000 || Date.now() - lastOverview < 15000) return;
+    lastOverview = Date.now();
+    const sessionId = focus.id;
+    refreshing = fetchJson(page.metricsUrl + sessionId + "?maxPoints=1000")
+      .then((data) => {
+        if (!focus || focus.id !== sessionId) return;
+        const fresh = new EpochStore(sessionId);
+        data.epochs.forEach((row) => fresh.add(row));
+        store.sorted().forEach((row) => { if (row.epoch > fresh.last) fresh.add(row); });
+        store = fresh;
+        redrawCharts();
+      })
+      .catch(console.warn)
+      .finally(() => { refreshing = null; });
   }
 
   async function stop(form) {

@@ -127,3 +127,24 @@ def test_stop_button_says_stopping_until_the_worker_confirms(live_stack, page, a
     pusher.join()
     page.wait_for_selector("#active-sessions li.empty")
     assert page.console_problems == []
+
+
+def test_paused_updates_wait_until_resumed(live_stack, page, alice):
+    login(page, live_stack.url, "alice", "alice-password-1")
+    page.wait_for_selector('#connection[data-state="live"]')
+    page.click("#live-toggle")
+    assert page.get_attribute("#live-toggle", "aria-pressed") == "false"
+    session = TrainingSession.objects.create(
+        owner=alice, model_type="mlp", dataset="iris", total_epochs=10
+    )
+    session.mark_running("elsewhere")
+    pusher = threading.Thread(
+        target=events.push_status, args=(session, "training_started")
+    )
+    pusher.start()
+    pusher.join()
+    page.wait_for_timeout(1500)  # time for the event to arrive and be held back
+    assert page.text_content("#active-sessions") == "Nothing is training."
+    page.click("#live-toggle")
+    page.wait_for_selector(f'#active-sessions li[data-session="{session.pk}"]')
+    assert page.console_problems == []
