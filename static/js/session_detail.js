@@ -221,7 +221,10 @@
       if (event.session.id !== session.id) return;
       lastEventAt = Date.now();
       const before = session.status;
+      const hadStart = Boolean(session.startedAt);
       session = event.session;
+      // The elapsed-time axis needs the start time, which a queued session lacked.
+      if (!hadStart && session.startedAt) draw();
       if (event.type === "training_progress") {
         lastStats = event.stats || lastStats;
         const time = event.savedAt ? new Date(event.savedAt * 1000).toISOString() : null;
