@@ -25,7 +25,6 @@ from sessions.models import TrainingSession
 
 HISTORY_PAGE_SIZE = 20
 COMPARE_MAX_SESSIONS = 8
-CSV_DATASET = "csv"
 # The session page's charts; session_detail.js knows which metrics each one draws.
 DETAIL_CHARTS = (
     {"key": "loss", "title": "Loss: train vs validation"},
@@ -58,7 +57,6 @@ class HistoryFilterForm(forms.Form):
         choices=[
             ("", "any data set"),
             *((k, c.label) for k, c in catalog.DATASETS.items()),
-            (CSV_DATASET, "CSV upload"),
         ],
         required=False,
     )

@@ -48,6 +48,7 @@ def _use_redis(url: str) -> None:
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
         {"address": url, "socket_timeout": None}
     ]
+    settings.CACHES["default"]["LOCATION"] = url
     app.conf.broker_url = url
     channel_layers.backends.clear()
 
@@ -190,7 +191,13 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(items):
+    """Run browser tests last: Playwright's sync API keeps an event loop running in
+    the main thread, which breaks async_to_sync and asyncio.run in later tests."""
+    items.sort(key=lambda item: "/browser/" in str(item.path))
+
+
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -238,11 +245,3 @@ def login(page, base_url: str, username: str, password: str) -> None:
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("#connection")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Run the browser tests last: Playwright's sync API keeps an event loop running
-    in the main thread for the rest of the run, and asyncio tests (consumers, tasks)
-    cannot start their own loop once it does."""
-    browser_dir = ROOT / "tests" / "browser"
-    items.sort(key=lambda item: Path(item.fspath).is_relative_to(browser_dir))

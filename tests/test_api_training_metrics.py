@@ -91,7 +91,7 @@ def test_it_rejects_a_reversed_range(alice_client, trained):
     assert "from" in response.json()["fields"]
 
 
-@pytest.mark.parametrize("value", ["x", "1", "1000000"])
+@pytest.mark.parametrize("value", ["x", "1", "-5"])
 def test_it_rejects_a_bad_max_points(alice_client, trained, value):
     response = alice_client.get(
         f"/api/ml/training-metrics/{trained.pk}?maxPoints={value}"
