@@ -24,7 +24,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from sessions import catalog, events, openapi
+from sessions import catalog, events, metrics, openapi
 from sessions.auth import bearer_token, user_for_token
 from sessions.forms import StartTrainingForm
 from sessions.models import EpochMetric, TrainingEvent, TrainingSession
@@ -207,16 +207,27 @@ def training_session(request: HttpRequest, session_id: int) -> JsonResponse:
 
 @api_view(("GET",))
 def training_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
+    """Epochs after a cursor (`after`), or in a zoom range (`from`, `to`), thinned to
+    `maxPoints` per series when there are more (long runs)."""
     session = _session_for_user(request, session_id)
     after = _int_arg(request, "after", 0)
-    rows = EpochMetric.objects.filter(session=session, epoch__gt=after).order_by(
-        "epoch"
-    )
+    first = _int_arg(request, "from", None)
+    last = _int_arg(request, "to", None)
+    max_points = _int_arg(request, "maxPoints", None, minimum=2)
+    if first is not None and last is not None and first > last:
+        message = "from must not be greater than to"
+        raise ApiError(400, message, {"from": message})
+    first = max(after + 1, first or 0)
+    rows = EpochMetric.objects.filter(session=session)
+    chart = metrics.chart_rows(rows, first, last, max_points)
     return JsonResponse(
         {
             "sessionId": session.pk,
             "status": session.status,
-            "epochs": [row.as_dict() for row in rows],
+            "epochs": chart["epochs"],
+            "count": chart["count"],
+            "downsampled": chart["downsampled"],
+            "maxPoints": max_points,
         }
     )
 
