@@ -22,6 +22,7 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
 from sessions import catalog, events, metrics, openapi
@@ -88,8 +89,10 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                     return error_response(403, reason)
             try:
                 # Read the body here, so every endpoint refuses an oversized one,
-                # even those that ignore what is sent.
-                request.body  # noqa: B018
+                # even those that ignore what is sent. Multipart uploads stream to
+                # disk under Django's own limits: reading them whole would not.
+                if request.content_type != "multipart/form-data":
+                    request.body  # noqa: B018
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.error, exc.fields)
@@ -343,6 +346,8 @@ def _run_for_owner(request: HttpRequest, session_id: int) -> TrainingSession:
 
 
 def _require_active(session: TrainingSession) -> None:
+    if session.resume_if_lost():
+        events.push_status(session)
     if not session.is_active:
         raise ApiError(409, f"Run {session.pk} has already finished ({session.status})")
 
@@ -522,6 +527,8 @@ def finish_run(request: HttpRequest, session_id: int) -> JsonResponse:
     if status not in finals:
         raise _bad("status", "status must be completed or failed")
     error = _optional_text(body, "error", 10_000)
+    if session.resume_if_lost():
+        events.push_status(session)
     if not session.is_active:
         # A retried finish whose first answer was lost: say how it ended.
         if session.status == status or (
@@ -555,12 +562,20 @@ def not_found(request: HttpRequest) -> JsonResponse:
     return error_response(404, f"No API endpoint at {request.path}")
 
 
+@api_view(("GET",))
 def openapi_document(request: HttpRequest) -> JsonResponse:
-    """The OpenAPI document: public, it describes the API and holds no data."""
+    # Behind a login like every other route: nothing is shown to strangers.
     return JsonResponse(openapi.document(), json_dumps_params={"indent": 1})
 
 
 def docs_page(request: HttpRequest) -> HttpResponse:
+    # Under /api/ a stranger gets JSON like everywhere else there, saying where to
+    # log in, rather than a redirect a script would follow to a login form.
+    if not request.user.is_authenticated:
+        return error_response(
+            401,
+            f"Log in at {reverse(settings.LOGIN_URL)}?next=/api/docs to read the docs",
+        )
     document = openapi.document()
     operations = [
         {

@@ -248,3 +248,23 @@ def test_it_hides_other_users_runs(client, bob, run):
     other = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(bob)[1]}"}
     assert send(client, run.pk, epochs(1), other).status_code == 404
     assert not run.epochs.exists()
+
+
+def test_a_run_failed_as_lost_comes_back_when_the_script_logs_again(client, auth, run):
+    from datetime import timedelta
+
+    TrainingSession.objects.filter(pk=run.pk).update(
+        heartbeat_at=run.heartbeat_at - timedelta(minutes=5)
+    )
+    assert run.mark_lost(timedelta(seconds=30))
+    response = send(client, run.pk, epochs(1, 2), auth)
+    assert response.status_code == 200
+    assert response.json()["session"]["status"] == "running"
+    assert list(run.epochs.values_list("epoch", flat=True)) == [1, 2]
+    run.refresh_from_db()
+    assert run.error == "" and run.finished_at is None
+
+
+def test_a_run_failed_by_its_script_stays_failed(client, auth, run):
+    run.mark_failed("CUDA out of memory")
+    assert send(client, run.pk, epochs(1), auth).status_code == 409
