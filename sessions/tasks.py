@@ -65,7 +65,9 @@ class _Progress:
         }
 
 
-@shared_task(bind=True)
+# max_retries=None: a session waiting for a free slot retries for as long as it waits
+# (retry()'s own max_retries=None would mean the default of 3).
+@shared_task(bind=True, max_retries=None)
 def run_training(self: Any, session_id: int) -> str:
     """Train one session, saving and pushing every epoch. Returns a summary line."""
     from sessions import training  # keeps scikit-learn out of the web process
@@ -87,9 +89,7 @@ def run_training(self: Any, session_id: int) -> str:
             return f"session {session_id} not started: it was {session.status}"
         # Every slot is taken: wait as queued and look again soon. The retry is a
         # new message, so this worker is free for other work meanwhile.
-        raise self.retry(
-            countdown=settings.MLTRACK_QUEUE_RETRY_SECONDS, max_retries=None
-        )
+        raise self.retry(countdown=settings.MLTRACK_QUEUE_RETRY_SECONDS)
     events.push_status(session, "training_started")
 
     progress = _Progress(session.total_epochs or 0)
