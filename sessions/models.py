@@ -12,6 +12,8 @@ from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
 
+from sessions import catalog
+
 STANDARD_METRICS = (
     "train_loss",
     "val_loss",
@@ -36,6 +38,40 @@ class TrainingSessionQuerySet(models.QuerySet):
 
     def finished(self) -> TrainingSessionQuerySet:
         return self.exclude(status__in=TrainingSession.ACTIVE_STATUSES)
+
+    def search(self, text: str) -> TrainingSessionQuerySet:
+        """Sessions whose id, name, model type or data set matches `text`."""
+        matches = (
+            models.Q(name__icontains=text)
+            | models.Q(model_type__icontains=text)
+            | models.Q(dataset__icontains=text)
+        )
+        if text.lstrip("#").isdigit() and len(text) < 18:
+            matches |= models.Q(pk=int(text.lstrip("#")))
+        return self.filter(matches)
+
+    def start_external(
+        self,
+        owner: Any,
+        name: str,
+        params: dict[str, Any],
+        total_epochs: int | None,
+        dataset: str,
+    ) -> TrainingSession:
+        """A run whose training loop runs elsewhere and logs through the API: it is
+        running from the start, and its heartbeat is the client's."""
+        moment = now()
+        return self.create(
+            owner=owner,
+            name=name,
+            model_type=catalog.EXTERNAL_MODEL_TYPE,
+            dataset=dataset,
+            params=params,
+            total_epochs=total_epochs,
+            status=TrainingSession.Status.RUNNING,
+            started_at=moment,
+            heartbeat_at=moment,
+        )
 
     def lost(self, silent_for: timedelta) -> TrainingSessionQuerySet:
         """Running sessions whose worker has not sent a heartbeat for `silent_for`."""
@@ -305,6 +341,70 @@ class TrainingSession(models.Model):
             )
         return row
 
+    def record_epochs(
+        self, rows: list[tuple[int, dict[str, Any], float | None]]
+    ) -> list[EpochMetric]:
+        """Store many epochs (epoch, metrics, duration) at once and move the counters.
+
+        An epoch already stored (a client's retry) is kept as it was; only the new
+        rows are returned, in epoch order. The session row is locked for the
+        duration, so two overlapping batches cannot both count the same epoch.
+        """
+        wanted: dict[int, EpochMetric] = {}
+        moment = now()
+        for epoch, metrics, duration in rows:
+            if epoch in wanted:
+                continue
+            standard = {k: metrics.get(k) for k in STANDARD_METRICS}
+            extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
+            wanted[epoch] = EpochMetric(
+                session=self,
+                epoch=epoch,
+                duration=duration,
+                extra=extra,
+                created=moment,
+                **standard,
+            )
+        if not wanted:
+            return []
+        with transaction.atomic():
+            locked = TrainingSession.objects.select_for_update().get(pk=self.pk)
+            stored = set(
+                EpochMetric.objects.filter(
+                    session=self,
+                    epoch__gte=min(wanted),
+                    epoch__lte=max(wanted),
+                ).values_list("epoch", flat=True)
+            )
+            new = [wanted[e] for e in sorted(wanted) if e not in stored]
+            EpochMetric.objects.bulk_create(new, ignore_conflicts=True, batch_size=500)
+            changes: dict[str, Any] = {"heartbeat_at": moment}
+            if new and new[-1].epoch > locked.current_epoch:
+                changes["current_epoch"] = new[-1].epoch
+                changes["final_metrics"] = new[-1].metrics
+            accuracies = [r.val_accuracy for r in new if r.val_accuracy is not None]
+            best = locked.best_val_accuracy
+            if accuracies and (best is None or max(accuracies) > best):
+                changes["best_val_accuracy"] = max(accuracies)
+            TrainingSession.objects.filter(pk=self.pk).update(**changes)
+        self.refresh_from_db()
+        return new
+
+    def external_stats(self) -> dict[str, Any]:
+        """Throughput and time left of a run, from its clock and epoch counter."""
+        elapsed = self.duration_seconds or 0.0
+        per_epoch = elapsed / self.current_epoch if self.current_epoch else None
+        left = (
+            per_epoch * max(0, self.total_epochs - self.current_epoch)
+            if per_epoch is not None and self.total_epochs
+            else None
+        )
+        return {
+            "elapsedSeconds": round(elapsed, 3),
+            "epochsPerMinute": round(60 / per_epoch, 2) if per_epoch else None,
+            "etaSeconds": round(left, 1) if left is not None else None,
+        }
+
 
 class EpochMetric(models.Model):
     session = models.ForeignKey(TrainingSession, models.CASCADE, related_name="epochs")
@@ -404,6 +504,55 @@ class ApiToken(models.Model):
 
 # Key of the PostgreSQL advisory lock that serializes claims of a training slot.
 _SLOT_LOCK = 7_310_233
+
+
+class TrainingEventQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> TrainingEventQuerySet:
+        """Events this user may see: staff every session's, others their own."""
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def head(self) -> int:
+        """The id of the newest event: a cursor that has seen everything so far."""
+        return self.order_by("-id").values_list("id", flat=True).first() or 0
+
+    def prune(self, older_than: timedelta) -> int:
+        return self.filter(created__lt=now() - older_than).delete()[0]
+
+
+class TrainingEvent(models.Model):
+    """Every event pushed to WebSockets, kept for clients that poll instead.
+
+    The auto-increment id is the cursor of GET /api/ml/real-time-updates: events
+    are only ever appended, so "id > cursor" is exactly what a client has not seen.
+    """
+
+    session = models.ForeignKey(TrainingSession, models.CASCADE, related_name="events")
+    # The session's owner, copied so a user's events are one index range.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="+"
+    )
+    type = models.CharField(max_length=32)
+    data = models.JSONField()
+    created = models.DateTimeField(default=now)
+
+    objects = TrainingEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # real-time-updates for a non-staff user: their events after a cursor.
+            models.Index(fields=["owner", "id"], name="event_owner_id"),
+            # Pruning: events older than the retention.
+            models.Index(fields=["created"], name="event_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.pk} {self.type} of session {self.session_id}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.pk, "time": _iso(self.created), **self.data}
 
 
 def _iso(moment: Any) -> str | None:

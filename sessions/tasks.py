@@ -65,8 +65,8 @@ class _Progress:
         }
 
 
-# max_retries=None: a session waiting for a free slot retries for as long as it waits
-# (retry()'s own max_retries=None would mean the default of 3).
+# max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",
+# and a session waiting for a slot must be able to wait as long as it takes.
 @shared_task(bind=True, max_retries=None)
 def run_training(self: Any, session_id: int) -> str:
     """Train one session, saving and pushing every epoch. Returns a summary line."""

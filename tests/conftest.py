@@ -47,6 +47,7 @@ def _use_redis(url: str) -> None:
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
         {"address": url, "socket_timeout": None}
     ]
+    settings.CACHES["default"]["LOCATION"] = url
     app.conf.broker_url = url
     channel_layers.backends.clear()
 
@@ -164,7 +165,13 @@ def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(items):
+    """Run browser tests last: Playwright's sync API keeps an event loop running in
+    the main thread, which breaks async_to_sync and asyncio.run in later tests."""
+    items.sort(key=lambda item: "/browser/" in str(item.path))
+
+
+@pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
 
