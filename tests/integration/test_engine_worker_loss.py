@@ -88,7 +88,7 @@ def test_a_killed_worker_leaves_no_session_running(workers, make_session):
 
 def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_session):
     queue = new_queue()
-    workers(
+    worker = workers(
         "capped",
         queue=queue,
         pool="prefork",
@@ -107,9 +107,11 @@ def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_sess
     running = wait_for(one_running, 120)
     waiting = next(s for s in sessions if s.pk != running.pk)
     # Watch for a while: the running session moves on, the other keeps its place
-    # even though the worker has a free process and retries every second.
+    # even though the worker has a free process and retries every second (more
+    # often than Celery's default limit of 3 retries).
     epoch = reloaded(running).current_epoch
     wait_for(lambda: reloaded(running).current_epoch >= epoch + 5, 120)
+    wait_for(lambda: worker.log.read_text().count("retry: Retry in") >= 5, 120)
     assert reloaded(waiting).status == Status.QUEUED
     assert waiting.as_dict()["queuePosition"] == 1
     assert running.as_dict()["queuePosition"] is None
