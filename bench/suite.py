@@ -52,10 +52,9 @@ class Services:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.redis, self.redis_url = start_redis(db)
         if db == "sqlite":
-            path = VAR / "bench.sqlite3"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-            self.database_url = f"sqlite:///{path}"
+            # One file per process, so a smoke test and a full run never collide.
+            self.sqlite_path = VAR / f"bench-{os.getpid()}.sqlite3"
+            self.database_url = f"sqlite:///{self.sqlite_path}"
         else:
             self.database_url = pg_recreate(PG_BENCH_DB)
         # Production settings (DEBUG off), except HTTPS: the bench talks plain HTTP.
@@ -113,11 +112,14 @@ class Services:
     def stop(self) -> None:
         self.stop_worker()
         stack.stop([p for p, _ in self.daphnes] + [self.redis], timeout=20)
-        if self.db == "postgres":
-            from django.db import connections
+        from django.db import connections
 
-            connections.close_all()
+        connections.close_all()
+        if self.db == "postgres":
             pg_drop(PG_BENCH_DB)
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{self.sqlite_path}{suffix}").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- helpers
