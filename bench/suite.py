@@ -46,8 +46,9 @@ MISSING = "skipped: endpoint not available"
 class Services:
     """The processes under test, with their environment."""
 
-    def __init__(self, db: str) -> None:
+    def __init__(self, db: str, layer: str = "core") -> None:
         self.db = db
+        self.label = db if layer == "core" else f"{db}+{layer}"
         self.logs = VAR / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.redis, self.redis_url = start_redis(db)
@@ -62,7 +63,9 @@ class Services:
             os.environ,
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
-            DJANGO_SETTINGS_MODULE="mltrack.settings",
+            DJANGO_SETTINGS_MODULE="mltrack.settings"
+            if layer == "core"
+            else f"bench.settings_{layer}",
             DEBUG="0",
             SECRET_KEY="bench-only-secret-key-not-for-production",
             SECURE_SSL_REDIRECT="0",
@@ -290,7 +293,7 @@ async def _watch(
 
 def bench_live(services: Services, results: Results, quick: bool, repeat: int) -> None:
     user, token = bench_user()
-    epochs = 20 if quick else 300
+    epochs = 20 if quick else 200
     body = {"modelType": "logistic", "dataset": "iris", "epochs": epochs}
     base = services.url
     scenarios = [
@@ -314,9 +317,11 @@ def bench_live(services: Services, results: Results, quick: bool, repeat: int) -
             counts.append(len(latencies))
         note = f"{epochs}-epoch logistic/iris runs; {counts[0]} events per repetition"
         results.add(
-            Figure("live", f"latency median, {label}", "ms", medians, services.db, note)
+            Figure(
+                "live", f"latency median, {label}", "ms", medians, services.label, note
+            )
         )
-        results.add(Figure("live", f"latency p99, {label}", "ms", p99s, services.db))
+        results.add(Figure("live", f"latency p99, {label}", "ms", p99s, services.label))
 
 
 # ---------------------------------------------------------------- fan-out
@@ -342,7 +347,7 @@ def _fanout_once(
     halves = [urls[0::2], urls[1::2]]
     processes = [
         context.Process(
-            target=viewers.run, args=(half, token, burst, ready, answers, 120)
+            target=viewers.run, args=(half, token, burst, ready, answers, 60)
         )
         for half in halves
         if half
@@ -400,7 +405,6 @@ def bench_fanout(
 ) -> None:
     user, token = bench_user()
     session = make_run(user, 1)
-    burst = 50 if quick else 500
     counts = (4,) if quick else (10, 100)
     if len(services.daphnes) < 2:
         services.start_daphne()
@@ -409,6 +413,8 @@ def bench_fanout(
             f"http://127.0.0.1:{port}" for _, port in services.daphnes[:daphne_count]
         ]
         for viewer_count in counts:
+            # Smaller bursts for many viewers keep a repetition under a minute.
+            burst = 50 if quick else (500 if viewer_count <= 10 else 200)
             rates, messages, lost = [], [], []
             for _ in range(repeat):
                 measured = _fanout_once(
@@ -425,7 +431,7 @@ def bench_fanout(
                     f"events/s to each viewer, {label}",
                     "events/s",
                     rates,
-                    services.db,
+                    services.label,
                     note,
                     better="higher",
                 )
@@ -436,7 +442,7 @@ def bench_fanout(
                     f"messages/s delivered, {label}",
                     "msg/s",
                     messages,
-                    services.db,
+                    services.label,
                     better="higher",
                 )
             )
@@ -473,7 +479,9 @@ def bench_ingest(
 
     if new_run(1) is None:
         for name in names:
-            results.skip("ingest", name, MISSING.removeprefix("skipped: "), services.db)
+            results.skip(
+                "ingest", name, MISSING.removeprefix("skipped: "), services.label
+            )
         return
     rates, latencies, p99s = [], [], []
     for _ in range(repeat):
@@ -507,7 +515,7 @@ def bench_ingest(
             names[0],
             "points/s",
             rates,
-            services.db,
+            services.label,
             f"{batches} requests of 1,000 epochs x 1 metric",
             better="higher",
         )
@@ -518,12 +526,12 @@ def bench_ingest(
             names[1],
             "ms",
             latencies,
-            services.db,
+            services.label,
             f"median of {calls} sequential calls, keep-alive",
         )
     )
     results.add(
-        Figure("ingest", "ingest single-epoch call p99", "ms", p99s, services.db)
+        Figure("ingest", "ingest single-epoch call p99", "ms", p99s, services.label)
     )
 
 
@@ -552,7 +560,7 @@ def bench_reading(
                 "reading",
                 f"{kind} export of {epochs:,} epochs",
                 MISSING.removeprefix("skipped: "),
-                services.db,
+                services.label,
             )
             continue
         if status != 200:
@@ -579,7 +587,7 @@ def bench_reading(
         else:
             name = f"full history CSV, {epochs:,} epochs x 8 metrics"
             note = size
-        results.add(Figure("reading", name, "ms", times, services.db, note))
+        results.add(Figure("reading", name, "ms", times, services.label, note))
     print(f"  (made the {epochs:,}-epoch run with bulk_create in {created:.1f} s)")
     api.close()
     pages.close()
@@ -634,7 +642,7 @@ def bench_overhead(
                 f"training with live tracking, {label}",
                 "s",
                 tracked,
-                services.db,
+                services.label,
                 "worker: fit() incl. save + push",
             )
         )
@@ -644,13 +652,13 @@ def bench_overhead(
                 f"same loop, no tracking, {label}",
                 "s",
                 direct,
-                services.db,
+                services.label,
                 "training.fit, no-op callback",
             )
         )
         results.add(
             Figure(
-                "overhead", f"tracking overhead, {label}", "%", overhead, services.db
+                "overhead", f"tracking overhead, {label}", "%", overhead, services.label
             )
         )
 
@@ -693,15 +701,15 @@ def bench_memory(
             "RSS of daphne + worker + redis",
             "MB",
             totals,
-            services.db,
+            services.label,
             f"{processes} processes (worker concurrency 2)",
         )
     )
     results.add(
-        Figure("memory", "PSS of daphne + worker + redis", "MB", pss, services.db)
+        Figure("memory", "PSS of daphne + worker + redis", "MB", pss, services.label)
     )
     for name, values in parts.items():
-        results.add(Figure("memory", f"RSS of {name}", "MB", values, services.db))
+        results.add(Figure("memory", f"RSS of {name}", "MB", values, services.label))
 
 
 # ---------------------------------------------------------------- browser
@@ -749,7 +757,9 @@ def bench_browser(
             page = context.new_page()
             started = time.perf_counter()
             response = page.goto(
-                f"{services.url}/sessions/{session.pk}/", wait_until="commit"
+                f"{services.url}/sessions/{session.pk}/",
+                wait_until="commit",
+                timeout=180_000,
             )
             page.wait_for_function(has_points, polling="raf", timeout=120_000)
             times.append((time.perf_counter() - started) * 1000)
@@ -762,7 +772,7 @@ def bench_browser(
             f"first chart of a {epochs:,}-epoch session page",
             "ms",
             times,
-            services.db,
+            services.label,
             f"navigation to first point drawn; page {sizes[0] / 1e6:.2f} MB",
         )
     )
@@ -780,11 +790,19 @@ BENCHES: dict[str, Callable[[Services, Results, bool, int], None]] = {
 NEEDS_WORKER = {"memory", "overhead", "live"}
 # On PostgreSQL only what the issue compares per database.
 POSTGRES_BENCHES = ("ingest", "reading")
+# With another channel layer only what the layer carries.
+LAYER_BENCHES = ("live", "fanout")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--layer",
+        choices=("core", "pubsub"),
+        default="core",
+        help="channel layer: the configured one, or Redis pub/sub (live, fanout)",
+    )
     parser.add_argument("--only", default="", help="comma-separated bench names")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--repeat", type=int, default=0)
@@ -798,14 +816,20 @@ def main() -> None:
         )
     if args.db == "postgres":
         chosen = [n for n in chosen if n in POSTGRES_BENCHES]
+    if args.layer != "core":
+        chosen = [n for n in chosen if n in LAYER_BENCHES]
     chosen = [n for n in BENCHES if n in chosen]
     repeat = args.repeat or (1 if args.quick else 3)
     results = Results()
     if not chosen:
         results.save(args.out or VAR / f"{args.db}.json")
         return
-    print(f"== mltrack on {args.db}: {', '.join(chosen)} (x{repeat})", flush=True)
-    services = Services(args.db)
+    print(
+        f"== mltrack on {args.db}, {args.layer} channel layer: "
+        f"{', '.join(chosen)} (x{repeat})",
+        flush=True,
+    )
+    services = Services(args.db, args.layer)
     try:
         services.setup_django()
         services.start_daphne()
