@@ -37,8 +37,11 @@ REPORT = ROOT / "docs" / "PERFORMANCE.md"
 NOTES = Path(__file__).resolve().parent / "NOTES.md"
 
 
-def run_json(command: list[str], out: Path) -> list[Figure]:
-    """Run one benchmark process (its figures stream to our stdout) and load them."""
+def run_json(command: list[str], out: Path, saved: bool = False) -> list[Figure]:
+    """Run one benchmark process (its figures stream to our stdout) and load them;
+    with `saved`, only load what its last run saved."""
+    if saved:
+        return [Figure(**item) for item in json.loads(out.read_text())]
     out.unlink(missing_ok=True)
     print("$ " + shlex.join(command).replace(f"{ROOT}/", ""), flush=True)
     finished = subprocess.run(command, cwd=ROOT)
@@ -383,6 +386,18 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=0)
     parser.add_argument(
+        "--saved",
+        action="store_true",
+        help="run nothing: write the report from the figures the last run saved",
+    )
+    parser.add_argument(
+        "--add",
+        type=Path,
+        action="append",
+        default=[],
+        help="also report the figures in this JSON file (from bench/suite.py --out)",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         default=None,
@@ -419,7 +434,7 @@ def main() -> None:
                 *(["--only", ",".join(ours)] if ours else []),
             ]
             context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
-            figures += run_json(command, out)
+            figures += run_json(command, out, args.saved)
         layer_benches = [n for n in ("live", "fanout") if not ours or n in ours]
         if layer_benches and "sqlite" in args.databases.split(",") and args.layers:
             # The same live benchmarks with the Redis pub/sub channel layer.
@@ -438,7 +453,7 @@ def main() -> None:
                 ",".join(layer_benches),
             ]
             context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
-            figures += run_json(command, out)
+            figures += run_json(command, out, args.saved)
     peers_python = os.getenv("PEERS_PYTHON", DEFAULT_PEERS_PYTHON)
     if not Path(peers_python).exists():
         print(
@@ -463,7 +478,10 @@ def main() -> None:
             *common,
         ]
         context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
-        figures += run_json(command, out)
+        figures += run_json(command, out, args.saved)
+    for extra in args.add:
+        context["commands"].append(f"# plus the figures of {extra.name}")
+        figures += [Figure(**item) for item in json.loads(extra.read_text())]
     context["versions"] = versions(peers_python)
     context["seconds"] = time.monotonic() - started
     text = report(figures, context)

@@ -736,7 +736,12 @@ def bench_browser(
         "() => window.Chart && Object.values(Chart.instances || {}).some("
         "c => c.data.datasets.some(d => d.data.length > 0))"
     )
-    times, sizes = [], []
+    pages = Http(services.url, {"Cookie": f"sessionid={cookie}"})
+    status, html, _ = pages.request("GET", f"/sessions/{session.pk}/")
+    pages.close()
+    if status != 200:
+        raise RuntimeError(f"the session page answered {status}")
+    times: list[float] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=os.getenv("CHROMIUM", "/usr/bin/chromium"),
@@ -756,14 +761,13 @@ def bench_browser(
             )
             page = context.new_page()
             started = time.perf_counter()
-            response = page.goto(
+            page.goto(
                 f"{services.url}/sessions/{session.pk}/",
                 wait_until="commit",
                 timeout=180_000,
             )
-            page.wait_for_function(has_points, polling="raf", timeout=120_000)
+            page.wait_for_function(has_points, polling="raf", timeout=180_000)
             times.append((time.perf_counter() - started) * 1000)
-            sizes.append(len(response.body()) if response else 0)
             context.close()
         browser.close()
     results.add(
@@ -773,7 +777,7 @@ def bench_browser(
             "ms",
             times,
             services.label,
-            f"navigation to first point drawn; page {sizes[0] / 1e6:.2f} MB",
+            f"navigation to first point drawn; HTML {len(html) / 1e6:.2f} MB",
         )
     )
 
