@@ -3,9 +3,19 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
 app = Celery("mltrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def _watch_for_lost_workers(**kwargs: object) -> None:
+    # Every worker checks for sessions whose worker died, so no extra process (beat)
+    # has to be remembered; the check is a conditional UPDATE, safe to run twice.
+    from sessions.tasks import start_lost_worker_watch
+
+    start_lost_worker_watch()

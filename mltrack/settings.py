@@ -168,6 +168,17 @@ CHANNEL_LAYERS = {
     }
 }
 
+# Shared by every web process: the login rate limit counts across all of them.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "mltrack",
+    }
+}
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 10, minimum=1)
+LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", 300, minimum=1)
+
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
@@ -181,6 +192,19 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Training limits.
 MLTRACK_MAX_EPOCHS = env_int("MLTRACK_MAX_EPOCHS", 100_000, minimum=1)
+# Uploaded CSV data sets: checked against this size, stored under MEDIA_ROOT (inside
+# the git-ignored var/ by default) and never served back: there is no MEDIA_URL route.
+MLTRACK_MAX_UPLOAD_MB = env_int("MLTRACK_MAX_UPLOAD_MB", 20, minimum=1)
+MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
+# How many sessions train at once across all workers; the others wait as queued and
+# their task looks again every MLTRACK_QUEUE_RETRY_SECONDS.
+MLTRACK_MAX_CONCURRENT_RUNS = env_int("MLTRACK_MAX_CONCURRENT_RUNS", 2, minimum=1)
+MLTRACK_QUEUE_RETRY_SECONDS = env_int("MLTRACK_QUEUE_RETRY_SECONDS", 3, minimum=1)
+# A running session whose heartbeat (every 5 s) is older than this is failed as
+# "worker lost" by the check every worker runs every MLTRACK_LOST_CHECK_SECONDS;
+# 30 + 10 keeps the promise of "within 60 seconds".
+MLTRACK_HEARTBEAT_TIMEOUT = env_int("MLTRACK_HEARTBEAT_TIMEOUT", 30, minimum=10)
+MLTRACK_LOST_CHECK_SECONDS = env_int("MLTRACK_LOST_CHECK_SECONDS", 10, minimum=1)
 
 # Production hardening: only when DEBUG is off, so local HTTP development works.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

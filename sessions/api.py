@@ -1,26 +1,39 @@
-"""The JSON API under /api/ml/ (paths from the seed).
+"""The JSON API under /api/ml/ (paths from the seed) and run logging for training
+loops that run elsewhere (/api/ml/runs).
 
 Every endpoint answers JSON, errors included: {"error": ..., "fields": {...}} with
 400 (bad input), 401 (no credentials), 403 (CSRF), 404 (unknown or not yours),
-405, 409 (not possible in the session's state) and 413 (body too large).
+405, 409 (not possible in the session's state), 413 (body too large) and 503 (the
+database is busy: retry). The OpenAPI document is sessions/openapi.py.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.db import OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 
-from sessions import catalog, events
+from sessions import catalog, events, openapi
 from sessions.auth import bearer_token, user_for_token
 from sessions.forms import StartTrainingForm
-from sessions.models import EpochMetric, TrainingSession
+from sessions.models import EpochMetric, TrainingEvent, TrainingSession
+
+logger = logging.getLogger(__name__)
+
+# Larger than any id or epoch the database can hold as a signed 64-bit integer would
+# overflow SQLite; such values are simply out of range.
+MAX_ID = 2**62
 
 
 class ApiError(Exception):
@@ -74,11 +87,29 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 if reason:
                     return error_response(403, reason)
             try:
+                # Read the body here, so every endpoint refuses an oversized one,
+                # even those that ignore what is sent.
+                request.body  # noqa: B018
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.error, exc.fields)
             except RequestDataTooBig:
-                return error_response(413, "Request body too large")
+                limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+                return error_response(
+                    413, f"Request body too large: at most {limit} bytes"
+                )
+            except OperationalError:
+                # "database is locked" and dropped connections pass: ask for a retry.
+                logger.warning(
+                    "API %s: database unavailable", request.path, exc_info=True
+                )
+                response = error_response(503, "Database busy, retry shortly")
+                response["Retry-After"] = "1"
+                return response
+            except Exception:
+                # A bug: log it with its traceback, answer JSON rather than a page.
+                logger.exception("API %s failed", request.path)
+                return error_response(500, "Internal error; it has been logged")
 
         return wrapper
 
@@ -100,6 +131,8 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
 def _session_for_user(request: HttpRequest, session_id: int) -> TrainingSession:
     session = (
         TrainingSession.objects.for_user(request.user).filter(pk=session_id).first()
+        if session_id < MAX_ID
+        else None
     )
     if session is None:
         raise ApiError(404, f"No training session {session_id}")
@@ -111,10 +144,10 @@ def _int_arg(
     name: str,
     default: int | None,
     minimum: int = 0,
-    maximum: int | None = None,
+    maximum: int = MAX_ID,
 ) -> int | None:
     value = request.GET.get(name)
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)
@@ -122,8 +155,8 @@ def _int_arg(
         raise ApiError(
             400, f"{name} must be an integer", {name: f"{name} must be an integer"}
         ) from None
-    if number < minimum or (maximum is not None and number > maximum):
-        limit = f"between {minimum} and {maximum}" if maximum else f"at least {minimum}"
+    if not minimum <= number <= maximum:
+        limit = f"between {minimum} and {maximum}"
         raise ApiError(
             400, f"{name} must be {limit}", {name: f"{name} must be {limit}"}
         )
@@ -132,23 +165,22 @@ def _int_arg(
 
 @api_view(("GET",))
 def models(request: HttpRequest) -> JsonResponse:
-    latest = {}
-    for session in TrainingSession.objects.for_user(request.user).order_by("-created")[
-        :200
-    ]:
-        latest.setdefault(session.model_type, session.as_dict())
+    sessions = TrainingSession.objects.for_user(request.user)
     described = catalog.describe()
     for model in described["modelTypes"]:
-        model["latestSession"] = latest.get(model["key"])
-        model["status"] = (
-            latest[model["key"]]["status"] if model["key"] in latest else "untrained"
-        )
+        latest = sessions.filter(model_type=model["key"]).first()
+        model["latestSession"] = latest.as_dict() if latest else None
+        model["status"] = latest.status if latest else "untrained"
     return JsonResponse(described)
 
 
 @api_view(("POST",))
 def start_training(request: HttpRequest) -> JsonResponse:
-    form = StartTrainingForm(_json_body(request))
+    # A CSV data set comes as multipart/form-data; everything else as JSON.
+    if request.content_type == "multipart/form-data":
+        form = StartTrainingForm(request.POST, request.FILES)
+    else:
+        form = StartTrainingForm(_json_body(request))
     if not form.is_valid():
         fields = form.field_errors()
         raise ApiError(400, "; ".join(fields.values()), fields)
@@ -192,23 +224,361 @@ def training_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
 @api_view(("GET",))
 def training_data(request: HttpRequest) -> JsonResponse:
     sessions = TrainingSession.objects.for_user(request.user)
+    # Read before the sessions: polling real-time-updates from this cursor then
+    # replays anything that changed while this answer was being built.
+    cursor = TrainingEvent.objects.head()
     limit = _int_arg(request, "limit", 50, minimum=1, maximum=500)
     offset = _int_arg(request, "offset", 0)
-    status = request.GET.get("status")
+    status = _choice_arg(request, "status", TrainingSession.Status.values)
     if status:
-        if status not in TrainingSession.Status.values:
-            message = (
-                f"status must be one of {', '.join(TrainingSession.Status.values)}"
-            )
-            raise ApiError(400, message, {"status": message})
         sessions = sessions.filter(status=status)
+    model_type = _choice_arg(
+        request, "modelType", [*catalog.MODEL_TYPES, catalog.EXTERNAL_MODEL_TYPE]
+    )
+    if model_type:
+        sessions = sessions.filter(model_type=model_type)
+    dataset = _text_arg(request, "dataset", 32)
+    if dataset:
+        sessions = sessions.filter(dataset=dataset)
+    search = _text_arg(request, "q", 200)
+    if search:
+        sessions = sessions.search(search)
     history = sessions.finished()
+    total = history.count()
     return JsonResponse(
         {
             "active": [s.as_dict() for s in sessions.active()],
             "history": [s.as_dict() for s in history[offset : offset + limit]],
-            "total": history.count(),
+            "total": total,
             "limit": limit,
             "offset": offset,
+            "hasMore": offset + limit < total,
+            "cursor": cursor,
         }
     )
+
+
+def _choice_arg(request: HttpRequest, name: str, choices: list[str]) -> str | None:
+    value = request.GET.get(name)
+    if not value:
+        return None
+    if value not in choices:
+        message = f"{name} must be one of {', '.join(choices)}"
+        raise ApiError(400, message, {name: message})
+    return value
+
+
+def _text_arg(request: HttpRequest, name: str, max_length: int) -> str | None:
+    value = request.GET.get(name, "").strip()
+    if len(value) > max_length:
+        message = f"{name} must be at most {max_length} characters"
+        raise ApiError(400, message, {name: message})
+    if "\x00" in value:
+        message = f"{name} must not contain NUL characters"
+        raise ApiError(400, message, {name: message})
+    return value or None
+
+
+@api_view(("GET",))
+def real_time_updates(request: HttpRequest) -> JsonResponse:
+    since = _int_arg(request, "since", 0)
+    limit = _int_arg(request, "limit", 500, minimum=1, maximum=1000)
+    session_id = _int_arg(request, "session", None, minimum=1)
+    stored = TrainingEvent.objects.all()
+    # Everything up to the head is committed (events.py appends in commit order), so
+    # a short page may move the cursor to the head even past other users' events.
+    head = stored.head()
+    oldest = stored.order_by("id").values_list("id", flat=True).first()
+    visible = stored.for_user(request.user).filter(id__gt=since, id__lte=head)
+    if session_id is not None:
+        visible = visible.filter(session_id=session_id)
+    page = list(visible.order_by("id")[:limit])
+    has_more = len(page) == limit
+    cursor = page[-1].pk if has_more else max(since, head)
+    return JsonResponse(
+        {
+            "events": [event.as_dict() for event in page],
+            "cursor": cursor,
+            "hasMore": has_more,
+            # Events after the cursor were pruned: reload the state from
+            # training-data before following the stream again.
+            "missed": oldest is not None and since + 1 < oldest,
+        }
+    )
+
+
+# Run logging: a training loop that is not ours reports through these endpoints.
+
+MAX_EPOCHS_PER_REQUEST = 10_000
+MAX_METRICS_PER_EPOCH = 200
+MAX_METRIC_NAME = 100
+
+
+def _run_for_owner(request: HttpRequest, session_id: int) -> TrainingSession:
+    """An external run of this user; other users' runs do not exist for them."""
+    session = (
+        TrainingSession.objects.filter(pk=session_id, owner=request.user).first()
+        if session_id < MAX_ID
+        else None
+    )
+    if session is None:
+        raise ApiError(404, f"No run {session_id}")
+    if session.model_type != catalog.EXTERNAL_MODEL_TYPE:
+        raise ApiError(
+            409,
+            f"Session {session_id} is trained by mltrack, not logged by a script",
+        )
+    return session
+
+
+def _require_active(session: TrainingSession) -> None:
+    if not session.is_active:
+        raise ApiError(409, f"Run {session.pk} has already finished ({session.status})")
+
+
+def _run_response(
+    session: TrainingSession, status: int = 200, **extra: Any
+) -> JsonResponse:
+    return JsonResponse(
+        {
+            "session": session.as_dict(),
+            "stopRequested": session.status == TrainingSession.Status.STOPPING,
+            **extra,
+        },
+        status=status,
+    )
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError(400, message, {field: message})
+
+
+def _optional_text(body: dict, name: str, max_length: int) -> str:
+    value = body.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _bad(name, f"{name} must be a string")
+    if len(value) > max_length:
+        raise _bad(name, f"{name} must be at most {max_length} characters")
+    if "\x00" in value:
+        raise _bad(name, f"{name} must not contain NUL characters")
+    return value.strip()
+
+
+def _finite(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+@api_view(("POST",))
+def create_run(request: HttpRequest) -> JsonResponse:
+    body = _json_body(request)
+    name = _optional_text(body, "name", 200)
+    dataset = _optional_text(body, "dataset", 32) or "custom"
+    params = body.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise _bad("params", "params must be a JSON object")
+    bad = _first_non_finite(params)
+    if bad:
+        raise _bad(f"params.{bad}", f"params.{bad} must be a finite number")
+    total = body.get("totalEpochs")
+    if isinstance(total, float) and total.is_integer():
+        total = int(total)  # 20.0 is the integer 20 in JSON
+    if total is not None and (
+        not isinstance(total, int)
+        or isinstance(total, bool)
+        or not 1 <= total <= settings.MLTRACK_MAX_EPOCHS
+    ):
+        raise _bad(
+            "totalEpochs",
+            f"totalEpochs must be an integer between 1 and "
+            f"{settings.MLTRACK_MAX_EPOCHS}",
+        )
+    session = TrainingSession.objects.start_external(
+        request.user, name, params, total, dataset
+    )
+    events.push_status(session, "training_started")
+    return _run_response(session, status=201)
+
+
+def _first_non_finite(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity in a JSON value, or None.
+
+    JSON has no NaN; Python's parser accepts it, but the database and browsers do not.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "value"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = _first_non_finite(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
+def _clean_epochs(body: dict) -> list[tuple[int, dict[str, Any], float | None]]:
+    """The epochs of a metrics batch, or ApiError naming the first bad value."""
+    epochs = body.get("epochs")
+    if epochs is None:
+        raise _bad("epochs", "epochs is required: a list of {epoch, metrics}")
+    if not isinstance(epochs, list) or not epochs:
+        raise _bad("epochs", "epochs must be a non-empty list of {epoch, metrics}")
+    if len(epochs) > MAX_EPOCHS_PER_REQUEST:
+        raise ApiError(
+            413,
+            f"Too many epochs in one request: {len(epochs)}, at most "
+            f"{MAX_EPOCHS_PER_REQUEST}; send them in several batches",
+            {"epochs": f"at most {MAX_EPOCHS_PER_REQUEST} per request"},
+        )
+    rows = []
+    for index, item in enumerate(epochs):
+        where = f"epochs[{index}]"
+        if not isinstance(item, dict):
+            raise _bad(where, f"{where} must be an object {{epoch, metrics}}")
+        epoch = item.get("epoch")
+        if isinstance(epoch, float) and epoch.is_integer():
+            epoch = int(epoch)
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise _bad(f"{where}.epoch", f"{where}.epoch must be an integer")
+        if not 0 <= epoch <= 2**31 - 1:
+            raise _bad(
+                f"{where}.epoch", f"{where}.epoch must be between 0 and {2**31 - 1}"
+            )
+        metrics = item.get("metrics")
+        if not isinstance(metrics, dict) or not metrics:
+            raise _bad(
+                f"{where}.metrics",
+                f"epoch {epoch}: metrics must be a non-empty object of numbers",
+            )
+        if len(metrics) > MAX_METRICS_PER_EPOCH:
+            raise _bad(
+                f"{where}.metrics",
+                f"epoch {epoch}: at most {MAX_METRICS_PER_EPOCH} metrics per epoch",
+            )
+        for name, value in metrics.items():
+            if not name or len(name) > MAX_METRIC_NAME or "\x00" in name:
+                raise _bad(
+                    f"{where}.metrics",
+                    f"epoch {epoch}: metric names must be 1 to {MAX_METRIC_NAME} "
+                    "characters",
+                )
+            if not _finite(value):
+                raise _bad(
+                    f"{where}.metrics.{name}",
+                    f"epoch {epoch}: metric {name} must be a finite number, "
+                    f"not {json.dumps(value, default=str)[:40]}",
+                )
+        duration = item.get("duration")
+        if duration is not None and not (_finite(duration) and duration >= 0):
+            raise _bad(
+                f"{where}.duration",
+                f"epoch {epoch}: duration must be a number of seconds >= 0",
+            )
+        rows.append((epoch, metrics, duration))
+    return rows
+
+
+@api_view(("POST",))
+def log_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
+    session = _run_for_owner(request, session_id)
+    rows = _clean_epochs(_json_body(request))
+    _require_active(session)
+    new = session.record_epochs(rows)
+    events.push_epochs(session, new, session.external_stats())
+    return _run_response(
+        session, received=len(rows), stored=len(new), duplicates=len(rows) - len(new)
+    )
+
+
+@api_view(("POST",))
+def finish_run(request: HttpRequest, session_id: int) -> JsonResponse:
+    session = _run_for_owner(request, session_id)
+    body = _json_body(request)
+    status = body.get("status")
+    finals = (TrainingSession.Status.COMPLETED, TrainingSession.Status.FAILED)
+    if status not in finals:
+        raise _bad("status", "status must be completed or failed")
+    error = _optional_text(body, "error", 10_000)
+    if not session.is_active:
+        # A retried finish whose first answer was lost: say how it ended.
+        if session.status == status or (
+            session.status == TrainingSession.Status.STOPPED
+            and status == TrainingSession.Status.COMPLETED
+        ):
+            return _run_response(session)
+        _require_active(session)
+    if status == TrainingSession.Status.FAILED:
+        session.mark_failed(error or "The script reported a failure")
+    elif session.status == TrainingSession.Status.STOPPING:
+        session.mark_stopped()
+    else:
+        session.mark_completed({})
+    events.push_status(session)
+    return _run_response(session)
+
+
+@api_view(("POST",))
+def heartbeat(request: HttpRequest, session_id: int) -> JsonResponse:
+    session = _run_for_owner(request, session_id)
+    _require_active(session)
+    session.beat()
+    session.refresh_from_db()
+    return _run_response(session)
+
+
+@csrf_exempt
+def not_found(request: HttpRequest) -> JsonResponse:
+    """Any other /api/ path: a JSON 404 rather than an HTML page."""
+    return error_response(404, f"No API endpoint at {request.path}")
+
+
+def openapi_document(request: HttpRequest) -> JsonResponse:
+    """The OpenAPI document: public, it describes the API and holds no data."""
+    return JsonResponse(openapi.document(), json_dumps_params={"indent": 1})
+
+
+def docs_page(request: HttpRequest) -> HttpResponse:
+    document = openapi.document()
+    operations = [
+        {
+            "method": method.upper(),
+            "path": path,
+            "anchor": f"{method}-{path}".replace("/", "-").strip("-"),
+            "summary": spec.get("summary", ""),
+            "description": spec.get("description", ""),
+            "parameters": spec.get("parameters", []),
+            "body": _pretty(spec.get("requestBody", {}).get("content", {})),
+            "example": _pretty_example(spec),
+            "responses": [
+                {"code": code, "description": answer["description"]}
+                for code, answer in spec["responses"].items()
+            ],
+        }
+        for path, methods in document["paths"].items()
+        for method, spec in methods.items()
+    ]
+    ctx = {"info": document["info"], "operations": operations}
+    return render(request, "api_docs.html", ctx)
+
+
+def _pretty(content: dict[str, Any]) -> str:
+    schema = content.get("application/json", {}).get("schema")
+    return json.dumps(schema, indent=2) if schema else ""
+
+
+def _pretty_example(spec: dict[str, Any]) -> str:
+    content = spec.get("requestBody", {}).get("content", {})
+    example = content.get("application/json", {}).get("example")
+    return json.dumps(example, indent=2) if example else ""

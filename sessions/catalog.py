@@ -207,6 +207,21 @@ MODEL_TYPES: dict[str, Choice] = {
                     "learning_rate", "float", 0.001, "Initial learning rate", 1e-6, 10.0
                 ),
                 *_SCHEDULE_PARAMS,
+                Param(
+                    "solver",
+                    "choice",
+                    "adam",
+                    "Optimizer (sgd uses momentum)",
+                    choices=("adam", "sgd"),
+                ),
+                Param(
+                    "activation",
+                    "choice",
+                    "relu",
+                    "Hidden-layer activation",
+                    choices=("relu", "tanh", "logistic", "identity"),
+                ),
+                Param("momentum", "float", 0.9, "Momentum (sgd solver)", 0.0, 0.999),
                 Param("batch_size", "int", 64, "Rows per gradient step", 1, 4096),
                 Param("alpha", "float", 1e-4, "L2 penalty", 0.0, 10.0),
             ),
@@ -225,6 +240,8 @@ MODEL_TYPES: dict[str, Choice] = {
         ),
     )
 }
+
+CSV_DATASET = "csv"
 
 DATASETS: dict[str, Choice] = {
     c.key: c
@@ -246,6 +263,12 @@ DATASETS: dict[str, Choice] = {
                 Param("features", "int", 20, "Features per row", 2, 500),
                 Param("classes", "int", 3, "Number of classes", 2, 20),
             ),
+        ),
+        Choice(
+            CSV_DATASET,
+            "Your CSV file",
+            "An uploaded CSV with a header row; you pick the target column. Numeric "
+            "columns are used as they are, text columns are one-hot encoded.",
         ),
     )
 }

@@ -3,6 +3,10 @@
 Tasks and API views call the push_* functions after the database has the change:
 the database is the source of truth, a push only tells viewers to look. A push that
 fails (Redis restarting) is logged and dropped; pages backfill from the API.
+
+Every event is also appended to the TrainingEvent table before it goes to Redis, so
+clients without a WebSocket poll GET /api/ml/real-time-updates?since=CURSOR and miss
+nothing, Redis up or down.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import logging
 import os
 import threading
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.db import connection, transaction
 
 if TYPE_CHECKING:
     from sessions.models import EpochMetric, TrainingSession
@@ -37,6 +43,15 @@ EventType = Literal[
     "training_status",
 ]
 
+# Stored events are kept this long; a poller whose cursor is older is told so.
+EVENT_RETENTION = timedelta(days=7)
+# Pruning runs on one event write in this many, so its cost is spread thin.
+PRUNE_EVERY = 1000
+# A batch of logged epochs up to this size is announced epoch by epoch; a larger one
+# as a single training_progress event for its last epoch, with "coalesced" saying
+# which epochs it covers (pages see the jump and fetch the rest from the API).
+PER_EPOCH_EVENTS_UP_TO = 50
+
 FINAL_EVENTS: dict[str, EventType] = {
     "completed": "training_completed",
     "failed": "training_failed",
@@ -54,6 +69,7 @@ class TrainingEvent(TypedDict, total=False):
     # live latency against it.
     savedAt: float
     stats: dict[str, Any]
+    coalesced: dict[str, int]
 
 
 def session_group(session_id: int) -> str:
@@ -92,7 +108,65 @@ def push_epoch(
     _send(session, event)
 
 
+def push_epochs(
+    session: TrainingSession,
+    rows: list[EpochMetric],
+    stats: dict[str, Any] | None = None,
+) -> None:
+    """Announce epochs stored in one batch (run logging), in epoch order."""
+    if len(rows) <= PER_EPOCH_EVENTS_UP_TO:
+        for row in rows:
+            push_epoch(session, row, stats)
+        return
+    last = rows[-1]
+    event = TrainingEvent(
+        type="training_progress",
+        session=session.as_dict(),
+        epoch=last.epoch,
+        metrics=last.metrics,
+        duration=last.duration,
+        savedAt=last.created.timestamp(),
+        coalesced={
+            "count": len(rows),
+            "firstEpoch": rows[0].epoch,
+            "lastEpoch": last.epoch,
+        },
+    )
+    if stats:
+        event["stats"] = stats
+    _send(session, event)
+
+
+def _store(session: TrainingSession, event: TrainingEvent) -> None:
+    """Append the event to the table the polling endpoint reads."""
+    from sessions.models import TrainingEvent as StoredEvent
+
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Serialize event inserts so ids become visible in commit order: a
+            # poller that has seen id N can then never miss a later-committed N-1.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x6D6C74])
+        stored = StoredEvent.objects.create(
+            session_id=session.pk,
+            owner_id=session.owner_id,
+            type=event["type"],
+            data=event,
+        )
+    if stored.pk % PRUNE_EVERY == 0:
+        StoredEvent.objects.prune(EVENT_RETENTION)
+
+
 def _send(session: TrainingSession, event: TrainingEvent) -> None:
+    try:
+        _store(session, event)
+    except Exception:  # the database is the caller's problem; still tell viewers
+        logger.warning(
+            "Could not store %s for session %s",
+            event["type"],
+            session.pk,
+            exc_info=True,
+        )
     layer = get_channel_layer()
     if layer is None:
         return

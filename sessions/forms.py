@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django import forms
 from django.conf import settings
 
-from sessions import catalog
+from sessions import catalog, training
 from sessions.models import TrainingSession
 
 
@@ -43,6 +44,15 @@ class StartTrainingForm(forms.Form):
         },
     )
     params = forms.JSONField(required=False)
+    # Only with dataset "csv": the file and the name of its class column.
+    csvFile = forms.FileField(
+        required=False,
+        error_messages={
+            "invalid": "csvFile must be an uploaded file (multipart/form-data)",
+            "empty": "csvFile is empty",
+        },
+    )
+    targetColumn = forms.CharField(required=False, max_length=200, strip=True)
 
     def clean_dataset(self) -> str:
         return self.cleaned_data.get("dataset") or "digits"
@@ -74,7 +84,61 @@ class StartTrainingForm(forms.Form):
                 self.param_errors[f"params.{name}"] = message
                 self.add_error("params", message)
             data["params"] = cleaned
+        if dataset == catalog.CSV_DATASET:
+            self._check_csv(data)
+        elif data.get("csvFile"):
+            self.add_error("csvFile", 'csvFile is only used with dataset "csv"')
         return data
+
+    def _check_csv(self, data: dict[str, Any]) -> None:
+        """Read the upload now, so a file that cannot be trained on is refused
+        before any session exists, with a message naming the field to fix."""
+        upload = data.get("csvFile")
+        target = data.get("targetColumn")
+        if not upload:
+            if "csvFile" not in self.errors:
+                self.add_error("csvFile", 'Upload a CSV file for dataset "csv"')
+            return
+        limit = settings.MLTRACK_MAX_UPLOAD_MB
+        if upload.size > limit * 2**20:
+            self.add_error(
+                "csvFile",
+                f"The file is {upload.size / 2**20:.1f} MB; the limit is {limit} MB",
+            )
+            return
+        if not target:
+            self.add_error("targetColumn", "Name the column that holds the classes")
+            return
+        upload.seek(0)
+        try:
+            text = upload.read().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            self.add_error("csvFile", "The file is not UTF-8 text; is it a CSV?")
+            return
+        finally:
+            upload.seek(0)
+        try:
+            parsed = training.parse_csv(text, target)
+        except training.DataError as exc:
+            self.add_error(exc.field, str(exc))
+            return
+        self._check_split(data, parsed)
+
+    def _check_split(self, data: dict[str, Any], parsed: training.Dataset) -> None:
+        # The held-out split must have room for every class, or stratifying fails.
+        params = data.get("params")
+        if not isinstance(params, dict) or "validation_split" not in params:
+            return
+        rows, classes = len(parsed.y), len(parsed.class_names)
+        held_out = math.ceil(rows * params["validation_split"])
+        if params["stratify"] and min(held_out, rows - held_out) < classes:
+            message = (
+                f"validation_split {params['validation_split']:g} holds out "
+                f"{held_out} of {rows} rows, fewer than the {classes} classes: use "
+                "a larger share, more rows or stratify false"
+            )
+            self.param_errors["params.validation_split"] = message
+            self.add_error("params", message)
 
     def field_errors(self) -> dict[str, str]:
         """One message per field; parameters are named "params.<name>"."""
@@ -88,12 +152,15 @@ class StartTrainingForm(forms.Form):
         from sessions.tasks import run_training
 
         data = self.cleaned_data
+        is_csv = data["dataset"] == catalog.CSV_DATASET
         session = TrainingSession.objects.create(
             owner=owner,
             model_type=data["modelType"],
             dataset=data["dataset"],
             params=data["params"],
             total_epochs=data["epochs"],
+            data_file=data["csvFile"] if is_csv else "",
+            target_column=data["targetColumn"] if is_csv else "",
         )
         run_training.delay_on_commit(session.pk)
         return session

@@ -4,12 +4,15 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
+
+from sessions import catalog
 
 STANDARD_METRICS = (
     "train_loss",
@@ -35,6 +38,40 @@ class TrainingSessionQuerySet(models.QuerySet):
 
     def finished(self) -> TrainingSessionQuerySet:
         return self.exclude(status__in=TrainingSession.ACTIVE_STATUSES)
+
+    def search(self, text: str) -> TrainingSessionQuerySet:
+        """Sessions whose id, name, model type or data set matches `text`."""
+        matches = (
+            models.Q(name__icontains=text)
+            | models.Q(model_type__icontains=text)
+            | models.Q(dataset__icontains=text)
+        )
+        if text.lstrip("#").isdigit() and len(text) < 18:
+            matches |= models.Q(pk=int(text.lstrip("#")))
+        return self.filter(matches)
+
+    def start_external(
+        self,
+        owner: Any,
+        name: str,
+        params: dict[str, Any],
+        total_epochs: int | None,
+        dataset: str,
+    ) -> TrainingSession:
+        """A run whose training loop runs elsewhere and logs through the API: it is
+        running from the start, and its heartbeat is the client's."""
+        moment = now()
+        return self.create(
+            owner=owner,
+            name=name,
+            model_type=catalog.EXTERNAL_MODEL_TYPE,
+            dataset=dataset,
+            params=params,
+            total_epochs=total_epochs,
+            status=TrainingSession.Status.RUNNING,
+            started_at=moment,
+            heartbeat_at=moment,
+        )
 
     def lost(self, silent_for: timedelta) -> TrainingSessionQuerySet:
         """Running sessions whose worker has not sent a heartbeat for `silent_for`."""
@@ -83,6 +120,9 @@ class TrainingSession(models.Model):
     best_val_accuracy = models.FloatField(null=True, blank=True)
     # Warnings about the run that do not stop it, e.g. "overfitting", "plateau".
     diagnostics = models.JSONField(default=list, blank=True)
+    # An uploaded CSV data set (dataset "csv"); stored under MEDIA_ROOT, never served.
+    data_file = models.FileField(upload_to="uploads/%Y/%m/", blank=True)
+    target_column = models.CharField(max_length=200, blank=True)
 
     objects = TrainingSessionQuerySet.as_manager()
 
@@ -116,6 +156,19 @@ class TrainingSession(models.Model):
         return round(min(100.0, 100.0 * self.current_epoch / self.total_epochs), 1)
 
     @property
+    def queue_position(self) -> int | None:
+        """1 for the next queued session to start, None once it is not queued.
+
+        One COUNT on the status index, and only for queued sessions."""
+        if self.status != self.Status.QUEUED:
+            return None
+        older = TrainingSession.objects.filter(status=self.Status.QUEUED).filter(
+            models.Q(created__lt=self.created)
+            | models.Q(created=self.created, pk__lt=self.pk)
+        )
+        return older.count() + 1
+
+    @property
     def duration_seconds(self) -> float | None:
         if self.started_at is None:
             return None
@@ -144,6 +197,9 @@ class TrainingSession(models.Model):
             "bestValAccuracy": self.best_val_accuracy,
             "report": self.report,
             "diagnostics": self.diagnostics,
+            "queuePosition": self.queue_position,
+            "csvFile": PurePath(self.data_file.name).name if self.data_file else None,
+            "targetColumn": self.target_column or None,
             "error": self.error,
             "url": self.get_absolute_url(),
         }
@@ -169,6 +225,48 @@ class TrainingSession(models.Model):
             started_at=moment,
             heartbeat_at=moment,
         )
+
+    def start_if_slot_free(self, task_id: str, max_running: int) -> bool:
+        """Mark this queued session running unless `max_running` sessions already
+        train. The count and the update happen under one lock (SQLite: the
+        IMMEDIATE transaction; PostgreSQL: an advisory lock), so two workers
+        cannot both take the last slot."""
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SLOT_LOCK])
+            running = TrainingSession.objects.filter(
+                status__in=(self.Status.RUNNING, self.Status.STOPPING)
+            ).count()
+            if running >= max_running:
+                self.refresh_from_db()
+                return False
+            return self.mark_running(task_id)
+
+    def mark_lost(self, silent_for: timedelta) -> bool:
+        """Fail a running session whose heartbeat is older than `silent_for`.
+
+        The heartbeat is part of the condition, so a session that beat a moment
+        ago is left alone even if it was listed as lost."""
+        updated = TrainingSession.objects.filter(
+            pk=self.pk,
+            status__in=(self.Status.RUNNING, self.Status.STOPPING),
+            heartbeat_at__lt=now() - silent_for,
+        ).update(
+            status=self.Status.FAILED,
+            finished_at=now(),
+            error=(
+                f"Worker lost: no heartbeat for {silent_for.total_seconds():.0f} s "
+                "(the worker process died or lost its connection). The finished "
+                "epochs are kept; start a new session to train again."
+            ),
+        )
+        self.refresh_from_db()
+        return bool(updated)
+
+    def set_diagnostics(self, diagnostics: list[dict[str, Any]]) -> None:
+        self.diagnostics = diagnostics
+        self.save(update_fields=["diagnostics"])
 
     def mark_completed(self, report: dict[str, Any]) -> bool:
         return self._transition(
@@ -242,6 +340,70 @@ class TrainingSession(models.Model):
                 best_val_accuracy=self.best_val_accuracy,
             )
         return row
+
+    def record_epochs(
+        self, rows: list[tuple[int, dict[str, Any], float | None]]
+    ) -> list[EpochMetric]:
+        """Store many epochs (epoch, metrics, duration) at once and move the counters.
+
+        An epoch already stored (a client's retry) is kept as it was; only the new
+        rows are returned, in epoch order. The session row is locked for the
+        duration, so two overlapping batches cannot both count the same epoch.
+        """
+        wanted: dict[int, EpochMetric] = {}
+        moment = now()
+        for epoch, metrics, duration in rows:
+            if epoch in wanted:
+                continue
+            standard = {k: metrics.get(k) for k in STANDARD_METRICS}
+            extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
+            wanted[epoch] = EpochMetric(
+                session=self,
+                epoch=epoch,
+                duration=duration,
+                extra=extra,
+                created=moment,
+                **standard,
+            )
+        if not wanted:
+            return []
+        with transaction.atomic():
+            locked = TrainingSession.objects.select_for_update().get(pk=self.pk)
+            stored = set(
+                EpochMetric.objects.filter(
+                    session=self,
+                    epoch__gte=min(wanted),
+                    epoch__lte=max(wanted),
+                ).values_list("epoch", flat=True)
+            )
+            new = [wanted[e] for e in sorted(wanted) if e not in stored]
+            EpochMetric.objects.bulk_create(new, ignore_conflicts=True, batch_size=500)
+            changes: dict[str, Any] = {"heartbeat_at": moment}
+            if new and new[-1].epoch > locked.current_epoch:
+                changes["current_epoch"] = new[-1].epoch
+                changes["final_metrics"] = new[-1].metrics
+            accuracies = [r.val_accuracy for r in new if r.val_accuracy is not None]
+            best = locked.best_val_accuracy
+            if accuracies and (best is None or max(accuracies) > best):
+                changes["best_val_accuracy"] = max(accuracies)
+            TrainingSession.objects.filter(pk=self.pk).update(**changes)
+        self.refresh_from_db()
+        return new
+
+    def external_stats(self) -> dict[str, Any]:
+        """Throughput and time left of a run, from its clock and epoch counter."""
+        elapsed = self.duration_seconds or 0.0
+        per_epoch = elapsed / self.current_epoch if self.current_epoch else None
+        left = (
+            per_epoch * max(0, self.total_epochs - self.current_epoch)
+            if per_epoch is not None and self.total_epochs
+            else None
+        )
+        return {
+            "elapsedSeconds": round(elapsed, 3),
+            "epochsPerMinute": round(60 / per_epoch, 2) if per_epoch else None,
+            "etaSeconds": round(left, 1) if left is not None else None,
+        }
 
 
 class EpochMetric(models.Model):
@@ -338,6 +500,59 @@ class ApiToken(models.Model):
     def revoke(self) -> None:
         self.revoked_at = now()
         self.save(update_fields=["revoked_at"])
+
+
+# Key of the PostgreSQL advisory lock that serializes claims of a training slot.
+_SLOT_LOCK = 7_310_233
+
+
+class TrainingEventQuerySet(models.QuerySet):
+    def for_user(self, user: Any) -> TrainingEventQuerySet:
+        """Events this user may see: staff every session's, others their own."""
+        if user.is_staff:
+            return self
+        return self.filter(owner=user)
+
+    def head(self) -> int:
+        """The id of the newest event: a cursor that has seen everything so far."""
+        return self.order_by("-id").values_list("id", flat=True).first() or 0
+
+    def prune(self, older_than: timedelta) -> int:
+        return self.filter(created__lt=now() - older_than).delete()[0]
+
+
+class TrainingEvent(models.Model):
+    """Every event pushed to WebSockets, kept for clients that poll instead.
+
+    The auto-increment id is the cursor of GET /api/ml/real-time-updates: events
+    are only ever appended, so "id > cursor" is exactly what a client has not seen.
+    """
+
+    session = models.ForeignKey(TrainingSession, models.CASCADE, related_name="events")
+    # The session's owner, copied so a user's events are one index range.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.CASCADE, related_name="+"
+    )
+    type = models.CharField(max_length=32)
+    data = models.JSONField()
+    created = models.DateTimeField(default=now)
+
+    objects = TrainingEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # real-time-updates for a non-staff user: their events after a cursor.
+            models.Index(fields=["owner", "id"], name="event_owner_id"),
+            # Pruning: events older than the retention.
+            models.Index(fields=["created"], name="event_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"event {self.pk} {self.type} of session {self.session_id}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.pk, "time": _iso(self.created), **self.data}
 
 
 def _iso(moment: Any) -> str | None:

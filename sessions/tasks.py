@@ -4,14 +4,16 @@ import logging
 import threading
 import time
 import traceback
+from datetime import timedelta
 from typing import Any
 
 import psutil
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 from django.db import close_old_connections, connection
 
-from sessions import events
+from sessions import diagnostics, events
 from sessions.models import TrainingSession
 
 logger = logging.getLogger(__name__)
@@ -70,27 +72,57 @@ def _push_from_one_loop(**kwargs: Any) -> None:
     events.push_from_one_loop()
 
 
-@shared_task(bind=True)
+# max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",
+# and a session waiting for a slot must be able to wait as long as it takes.
+@shared_task(bind=True, max_retries=None)
 def run_training(self: Any, session_id: int) -> str:
     """Train one session, saving and pushing every epoch. Returns a summary line."""
     from sessions import training  # keeps scikit-learn out of the web process
 
     close_old_connections()
-    session = TrainingSession.objects.select_related("owner").get(pk=session_id)
-    if not session.mark_running(self.request.id or ""):
+    session = TrainingSession.objects.select_related("owner").filter(pk=session_id)
+    session = session.first()
+    if session is None:
+        return f"session {session_id} not started: it was deleted"
+    # A redelivered message (acks_late) for a session that already finished, was
+    # stopped or was failed as lost must not train it again: only a queued
+    # session can start.
+    if session.status != TrainingSession.Status.QUEUED:
         return f"session {session_id} not started: it was {session.status}"
+    if not session.start_if_slot_free(
+        self.request.id or "", settings.MLTRACK_MAX_CONCURRENT_RUNS
+    ):
+        if session.status != TrainingSession.Status.QUEUED:
+            return f"session {session_id} not started: it was {session.status}"
+        # Every slot is taken: wait as queued and look again soon. The retry is a
+        # new message, so this worker is free for other work meanwhile.
+        raise self.retry(countdown=settings.MLTRACK_QUEUE_RETRY_SECONDS)
     events.push_status(session, "training_started")
 
     progress = _Progress(session.total_epochs or 0)
     heartbeat = _Heartbeat(session)
     heartbeat.start()
 
+    train_losses: list[float] = []
+    val_losses: list[float] = []
+
     def on_epoch(result: training.EpochResult) -> None:
         row = session.record_epoch(result.epoch, result.metrics, result.duration)
-        events.push_epoch(session, row, progress.stats(result.epoch))
+        train_losses.append(result.metrics["train_loss"])
+        val_losses.append(result.metrics["val_loss"])
+        # The session keeps every warning seen; the event also says which hold now.
+        current = diagnostics.diagnose(train_losses, val_losses)
+        flagged = diagnostics.merge(session.diagnostics, current)
+        if flagged != session.diagnostics:
+            session.set_diagnostics(flagged)
+        stats = progress.stats(result.epoch)
+        stats["diagnostics"] = current
+        events.push_epoch(session, row, stats)
 
     def should_stop() -> bool:
-        return session.current_status() == TrainingSession.Status.STOPPING
+        # Not only "stopping": a worker that froze past the heartbeat timeout finds
+        # its session failed as lost, and must not go on training it.
+        return session.current_status() != TrainingSession.Status.RUNNING
 
     try:
         result = training.fit(
@@ -100,6 +132,8 @@ def run_training(self: Any, session_id: int) -> str:
             session.total_epochs or 0,
             on_epoch=on_epoch,
             should_stop=should_stop,
+            csv_path=session.data_file.path if session.data_file else None,
+            target_column=session.target_column or None,
         )
     except training.TrainingError as exc:
         session.mark_failed(str(exc), traceback.format_exc())
@@ -118,3 +152,50 @@ def run_training(self: Any, session_id: int) -> str:
         heartbeat.join()
     events.push_status(session)
     return f"session {session_id} {session.status} after {session.current_epoch} epochs"
+
+
+def fail_lost_sessions() -> list[TrainingSession]:
+    """Fail every running session whose worker stopped sending heartbeats, keeping
+    its epochs, and tell its viewers. Safe to run in several workers at once: each
+    session is failed by one conditional UPDATE."""
+    silent_for = timedelta(seconds=settings.MLTRACK_HEARTBEAT_TIMEOUT)
+    failed = []
+    for session in TrainingSession.objects.lost(silent_for).select_related("owner"):
+        if session.mark_lost(silent_for):
+            logger.warning("session %s failed: worker lost", session.pk)
+            events.push_status(session, "training_failed")
+            failed.append(session)
+    return failed
+
+
+class _LostWorkerWatch(threading.Thread):
+    """Runs fail_lost_sessions() every MLTRACK_LOST_CHECK_SECONDS in a worker."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="lost-worker-watch")
+
+    def run(self) -> None:
+        while True:
+            time.sleep(settings.MLTRACK_LOST_CHECK_SECONDS)
+            try:
+                close_old_connections()
+                fail_lost_sessions()
+            except Exception:  # the database restarting must not end the watch
+                logger.warning("lost-worker check failed", exc_info=True)
+            finally:
+                connection.close()
+
+
+_watch_lock = threading.Lock()
+_watch: _LostWorkerWatch | None = None
+
+
+def start_lost_worker_watch() -> bool:
+    """Start the watch once per process; return False if it was already running."""
+    global _watch
+    with _watch_lock:
+        if _watch is not None and _watch.is_alive():
+            return False
+        _watch = _LostWorkerWatch()
+        _watch.start()
+        return True

@@ -53,12 +53,176 @@ class Dataset:
     class_names: list[str]
 
 
+# Limits on an uploaded CSV: enough rows to split and score, few enough distinct
+# text values per column that one-hot encoding stays meaningful.
+CSV_MIN_ROWS = 10
+CSV_MIN_ROWS_PER_CLASS = 2
+CSV_MAX_CATEGORIES = 50
+# Beyond this a column's variance overflows a float and standardizing yields NaN.
+CSV_MAX_ABS_VALUE = 1e100
+_MISSING = {"", "na", "n/a", "nan", "null", "none", "?"}
+
+
+class DataError(TrainingError):
+    """An uploaded data file that cannot be trained on. `field` names the form
+    field to blame: "csvFile" for the file itself, "targetColumn" for the target."""
+
+    def __init__(self, message: str, field: str = "csvFile") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _as_number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def parse_csv(text: str, target_column: str) -> Dataset:
+    """Turn CSV text with a header row into features and class labels.
+
+    Numeric columns are kept (missing cells take the column mean); text columns with
+    at most CSV_MAX_CATEGORIES distinct values are one-hot encoded. Raise DataError,
+    naming the column or row, for anything that cannot be trained on.
+    """
+    import csv
+
+    import numpy as np
+
+    sample = text[:8192]
+    try:
+        dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    try:
+        rows = [row for row in csv.reader(text.splitlines(), dialect) if row]
+    except csv.Error as exc:
+        raise DataError(f"The file is not a readable CSV: {exc}") from None
+    if not rows:
+        raise DataError("The file is empty")
+    header = [name.strip() for name in rows[0]]
+    body = rows[1:]
+    if len(header) < 2:
+        raise DataError(
+            "The file needs a header row and at least two columns (features and "
+            "a target); is it comma-separated?"
+        )
+    if len(set(header)) != len(header):
+        raise DataError("The header row repeats a column name")
+    if target_column not in header:
+        raise DataError(
+            f"No column named {target_column!r}; the columns are {', '.join(header)}",
+            field="targetColumn",
+        )
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(
+                f"Row {number} has {len(row)} fields but the header has {len(header)}"
+            )
+    if len(body) < CSV_MIN_ROWS:
+        raise DataError(
+            f"The file has {len(body)} data rows; at least {CSV_MIN_ROWS} are needed"
+        )
+
+    target_index = header.index(target_column)
+    labels = [row[target_index].strip() for row in body]
+    for number, label in enumerate(labels, start=2):
+        if label.lower() in _MISSING:
+            raise DataError(
+                f"Row {number} has no value in the target column {target_column!r}",
+                field="targetColumn",
+            )
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2:
+        raise DataError(
+            f"The target column {target_column!r} has only one class; at least two "
+            "are needed",
+            field="targetColumn",
+        )
+    rare = [label for label, n in counts.items() if n < CSV_MIN_ROWS_PER_CLASS]
+    if rare:
+        raise DataError(
+            f"Every class needs at least {CSV_MIN_ROWS_PER_CLASS} rows; "
+            f"{', '.join(repr(r) for r in rare[:5])} "
+            f"{'has' if len(rare) == 1 else 'have'} fewer (is {target_column!r} "
+            "really a class column?)",
+            field="targetColumn",
+        )
+    numeric_labels = all(_as_number(label) is not None for label in counts)
+    class_names = sorted(
+        counts, key=(lambda v: (float(v), v)) if numeric_labels else None
+    )
+    class_index = {label: i for i, label in enumerate(class_names)}
+    y = np.array([class_index[label] for label in labels])
+
+    columns: list[Any] = []
+    feature_names: list[str] = []
+    for index, name in enumerate(header):
+        if index == target_index:
+            continue
+        cells = [row[index].strip() for row in body]
+        present = [c for c in cells if c.lower() not in _MISSING]
+        if not present:
+            raise DataError(f"Column {name!r} is empty")
+        numbers = [_as_number(c) for c in present]
+        if all(n is not None for n in numbers):
+            for number, cell in enumerate(cells, start=2):
+                value = _as_number(cell)
+                if value is not None and not abs(value) <= CSV_MAX_ABS_VALUE:
+                    raise DataError(
+                        f"Column {name!r} row {number} holds {cell}, which is not a "
+                        f"finite number below {CSV_MAX_ABS_VALUE:g} in size"
+                    )
+            mean = sum(n for n in numbers if n is not None) / len(numbers)
+            columns.append([mean if c.lower() in _MISSING else float(c) for c in cells])
+            feature_names.append(name)
+            continue
+        categories = sorted(set(present))
+        if len(categories) > CSV_MAX_CATEGORIES:
+            raise DataError(
+                f"Column {name!r} is not numeric and has {len(categories)} distinct "
+                f"values, too many to encode as categories (at most "
+                f"{CSV_MAX_CATEGORIES}); remove it or make it numeric"
+            )
+        for category in categories:
+            columns.append([1.0 if c == category else 0.0 for c in cells])
+            feature_names.append(f"{name}={category}")
+    if not columns:
+        raise DataError("The file has no feature columns besides the target")
+    X = np.array(columns, dtype=float).T
+    return Dataset(X, y, feature_names, class_names)
+
+
+def load_csv(path: str, target_column: str) -> Dataset:
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise DataError(
+            "The CSV file of this session is no longer on the server; upload it "
+            "again in a new session"
+        ) from None
+    except UnicodeDecodeError:
+        raise DataError("The CSV file is not UTF-8 text") from None
+    return parse_csv(text, target_column)
+
+
 def load_dataset(
-    name: str, params: dict[str, Any], csv_path: str | None = None
+    name: str,
+    params: dict[str, Any],
+    csv_path: str | None = None,
+    target_column: str | None = None,
 ) -> Dataset:
     import numpy as np
     from sklearn import datasets
 
+    if name == "csv":
+        if not csv_path or not target_column:
+            raise DataError("A CSV session needs its uploaded file and target column")
+        return load_csv(csv_path, target_column)
     if name == "synthetic":
         X, y = datasets.make_classification(
             n_samples=params["samples"],
@@ -176,8 +340,13 @@ class _BoostingTrainer(_Trainer):
     def run_epoch(
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
     ) -> None:
-        self.model.n_estimators = epoch * self.params["stages_per_epoch"]
-        self.model.fit(X, y)
+        # Stages are added in chunks so a stop request is seen inside a long epoch.
+        target = epoch * self.params["stages_per_epoch"]
+        while self.model.n_estimators < target:
+            if self.model.n_estimators and should_stop():
+                raise _StopInsideEpoch
+            self.model.n_estimators = min(target, self.model.n_estimators + 10)
+            self.model.fit(X, y)
 
     def learning_rate(self, epoch: int) -> float | None:
         return self.params["learning_rate"]
@@ -190,7 +359,9 @@ class _MLPTrainer(_Trainer):
 
         self.model = MLPClassifier(
             hidden_layer_sizes=tuple(params["hidden_layer_sizes"]),
-            solver="adam",
+            solver=params.get("solver", "adam"),
+            activation=params.get("activation", "relu"),
+            momentum=params.get("momentum", 0.9),
             learning_rate_init=params["learning_rate"],
             batch_size=params["batch_size"],
             alpha=params["alpha"],
@@ -202,7 +373,9 @@ class _MLPTrainer(_Trainer):
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
     ) -> None:
         rate = self.learning_rate(epoch)
-        # Adam reads its base rate from the optimizer it created on the first call.
+        # A batch larger than a small data set is the whole set (without a warning).
+        self.model.batch_size = min(self.params["batch_size"], len(y))
+        # The optimizer reads its base rate from the one it created on the first call.
         optimizer = getattr(self.model, "_optimizer", None)
         if optimizer is None:
             self.model.learning_rate_init = rate
@@ -259,11 +432,53 @@ class _Diverged(Exception):
     """The model's outputs are no longer finite numbers."""
 
 
+def _check_finite(model: Any) -> None:
+    """Raise _Diverged when the model's internal loss or weights are not finite.
+
+    scikit-learn clips probabilities before the log loss, so a diverging model can
+    still report a finite loss: its weights and its own loss are the honest signal.
+    """
+    import numpy as np
+
+    loss = getattr(model, "loss_", None)
+    if loss is not None and not math.isfinite(loss):
+        raise _Diverged
+    for name in ("coefs_", "intercepts_", "coef_", "intercept_"):
+        values = getattr(model, name, None)
+        if values is None:
+            continue
+        arrays = values if isinstance(values, list) else [values]
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise _Diverged
+
+
+def _train_epoch(
+    trainer: _Trainer, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        # Overflow warnings are how numpy announces a diverging model; it is
+        # reported as a failed run instead.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            trainer.run_epoch(epoch, X, y, should_stop)
+        except ValueError as exc:
+            # MLP: "Solver produced non-finite parameter weights"; SGD:
+            # "Floating-point under-/overflow occurred at epoch #n".
+            text = str(exc)
+            if "non-finite" in text or "overflow" in text:
+                raise _Diverged from exc
+            raise
+    _check_finite(trainer.model)
+
+
 def _scores(model: Any, X: Any, y: Any, classes: Any) -> tuple[float, float, Any]:
     import numpy as np
     from sklearn.metrics import accuracy_score, log_loss
 
-    proba = model.predict_proba(X)
+    with np.errstate(all="ignore"):
+        proba = model.predict_proba(X)
     if not np.isfinite(proba).all():
         raise _Diverged
     predicted = classes[proba.argmax(axis=1)]
@@ -282,6 +497,7 @@ def fit(
     on_epoch: Callable[[EpochResult], None],
     should_stop: Callable[[], bool] = lambda: False,
     csv_path: str | None = None,
+    target_column: str | None = None,
 ) -> FitResult:
     """Train for up to `epochs` epochs; return what was done and the final report.
 
@@ -299,7 +515,7 @@ def fit(
     if model_type not in TRAINERS:
         raise TrainingError(f"Unknown model type {model_type!r}")
     started = time.monotonic()
-    data = load_dataset(dataset, params, csv_path)
+    data = load_dataset(dataset, params, csv_path, target_column)
     classes = np.unique(data.y)
     try:
         X_train, X_val, y_train, y_val = train_test_split(
@@ -324,23 +540,25 @@ def fit(
             break
         epoch_started = time.monotonic()
         try:
-            trainer.run_epoch(epoch, X_train, y_train, should_stop)
-        except _StopInsideEpoch:
-            stopped = True
-            break
-        try:
+            _train_epoch(trainer, epoch, X_train, y_train, should_stop)
             train_loss, train_accuracy, _ = _scores(
                 trainer.model, X_train, y_train, classes
             )
             val_loss, val_accuracy, val_predicted = _scores(
                 trainer.model, X_val, y_val, classes
             )
+        except _StopInsideEpoch:
+            stopped = True
+            break
         except _Diverged:
-            train_loss = val_loss = math.nan
+            raise TrainingError(
+                f"The loss became NaN or infinite at epoch {epoch}: the model "
+                "diverged. Try a smaller learning rate (or the adam solver)."
+            ) from None
         if not all(math.isfinite(v) for v in (train_loss, val_loss)):
             raise TrainingError(
                 f"The loss became {'NaN' if math.isnan(train_loss) else 'infinite'} at "
-                f"epoch {epoch}; try a smaller learning rate."
+                f"epoch {epoch}: the model diverged. Try a smaller learning rate."
             )
         precision, recall, f1, _ = precision_recall_fscore_support(
             y_val, val_predicted, average="macro", zero_division=0

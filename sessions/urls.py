@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from sessions import api, views
 
@@ -23,4 +23,20 @@ urlpatterns = [
         api.training_metrics,
         name="api-metrics",
     ),
+    path(
+        "api/ml/real-time-updates", api.real_time_updates, name="api-real-time-updates"
+    ),
+    path("api/ml/runs", api.create_run, name="api-runs"),
+    path(
+        "api/ml/runs/<int:session_id>/metrics", api.log_metrics, name="api-run-metrics"
+    ),
+    path("api/ml/runs/<int:session_id>/finish", api.finish_run, name="api-run-finish"),
+    path(
+        "api/ml/runs/<int:session_id>/heartbeat",
+        api.heartbeat,
+        name="api-run-heartbeat",
+    ),
+    path("api/openapi.json", api.openapi_document, name="api-openapi"),
+    path("api/docs", api.docs_page, name="api-docs"),
+    re_path(r"^api/", api.not_found),
 ]

@@ -47,6 +47,7 @@ def _use_redis(url: str) -> None:
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
         {"address": url, "socket_timeout": None}
     ]
+    settings.CACHES["default"]["LOCATION"] = url
     app.conf.broker_url = url
     channel_layers.backends.clear()
 

@@ -1,5 +1,8 @@
+from datetime import timedelta
+
 import pytest
 from django.db import IntegrityError
+from django.utils.timezone import now
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
 
@@ -71,3 +74,46 @@ def test_tokens_are_stored_hashed_and_revocable(alice):
     assert ApiToken.objects.authenticate(raw + "x") is None
     token.revoke()
     assert ApiToken.objects.authenticate(raw) is None
+
+
+def test_queued_sessions_know_their_place_in_the_queue(make_session):
+    first, second, third = make_session(), make_session(), make_session()
+    assert [s.as_dict()["queuePosition"] for s in (first, second, third)] == [1, 2, 3]
+    first.mark_running("t")
+    assert first.as_dict()["queuePosition"] is None
+    assert second.queue_position == 1 and third.queue_position == 2
+
+
+def test_a_session_starts_only_while_a_slot_is_free(make_session):
+    running, waiting = make_session(), make_session()
+    assert running.start_if_slot_free("t1", max_running=1)
+    assert running.status == Status.RUNNING
+    assert not waiting.start_if_slot_free("t2", max_running=1)
+    assert waiting.status == Status.QUEUED
+    # A session asked to stop still holds its slot until its worker lets go.
+    running.request_stop()
+    assert not waiting.start_if_slot_free("t2", max_running=1)
+    running.mark_stopped()
+    assert waiting.start_if_slot_free("t2", max_running=1)
+
+
+def test_a_silent_running_session_is_failed_as_lost_keeping_its_epochs(make_session):
+    session = make_session()
+    session.mark_running("t")
+    session.record_epoch(1, {"train_loss": 0.5})
+    TrainingSession.objects.filter(pk=session.pk).update(
+        heartbeat_at=now() - timedelta(seconds=45)
+    )
+    assert list(TrainingSession.objects.lost(timedelta(seconds=30))) == [session]
+    assert session.mark_lost(timedelta(seconds=30))
+    assert session.status == Status.FAILED and session.error.startswith("Worker lost")
+    assert session.epochs.count() == 1 and session.finished_at
+    assert not session.mark_lost(timedelta(seconds=30))  # already failed
+
+
+def test_a_session_that_beats_is_not_lost(make_session):
+    session = make_session()
+    session.mark_running("t")
+    session.beat()
+    assert not session.mark_lost(timedelta(seconds=30))
+    assert session.status == Status.RUNNING

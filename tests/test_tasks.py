@@ -1,10 +1,15 @@
 """run_training in-process, on the real database and the real Redis channel layer."""
 
+import io
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.core.management import call_command
+from django.utils.timezone import now
 
-from sessions import events
+from sessions import catalog, events
 from sessions.models import TrainingSession
 from sessions.tasks import run_training
 
@@ -68,3 +73,77 @@ def test_a_bad_configuration_fails_the_session_with_a_message(make_session):
     assert session.status == TrainingSession.Status.FAILED
     assert "nosuchmodel" in session.error
     assert "Traceback" in session.traceback
+
+
+def test_a_redelivered_task_leaves_a_finished_session_alone(make_session):
+    failed = make_session()
+    failed.mark_running("t")
+    failed.record_epoch(1, {"train_loss": 0.5})
+    failed.mark_failed("Worker lost: no heartbeat")
+    assert "not started: it was failed" in run_training(failed.pk)
+    failed.refresh_from_db()
+    assert failed.status == TrainingSession.Status.FAILED
+    assert failed.epochs.count() == 1
+
+
+def test_a_diverging_run_fails_with_the_reason(make_session):
+    session = make_session(
+        model_type="mlp",
+        total_epochs=30,
+        params=catalog.clean_params(
+            "mlp",
+            "iris",
+            {"solver": "sgd", "activation": "identity", "learning_rate": 10},
+        )[0],
+    )
+    run_training(session.pk)
+    session.refresh_from_db()
+    assert session.status == TrainingSession.Status.FAILED
+    assert "NaN or infinite" in session.error
+    assert session.epochs.count() == session.current_epoch < 30
+
+
+def test_a_plateau_is_flagged_on_the_session_without_stopping_it(make_session):
+    params, _ = catalog.clean_params("logistic", "iris", {"learning_rate": 1e-6})
+    session = make_session(model_type="logistic", total_epochs=8, params=params)
+    layer, channel = listen(events.session_group(session.pk))
+    run_training(session.pk)
+    session.refresh_from_db()
+    assert session.status == TrainingSession.Status.COMPLETED
+    assert [d["kind"] for d in session.diagnostics] == ["plateau"]
+    assert session.diagnostics[0]["epoch"] == 6
+    progress = [
+        e
+        for e in drain(layer, channel, "training_completed")
+        if e["type"] == "training_progress"
+    ]
+    assert [bool(e["stats"]["diagnostics"]) for e in progress] == [False] * 5 + [
+        True
+    ] * 3
+
+
+def test_lost_sessions_are_failed_and_announced(make_session):
+    session = make_session()
+    session.mark_running("t")
+    session.record_epoch(1, {"train_loss": 0.5})
+    TrainingSession.objects.filter(pk=session.pk).update(
+        heartbeat_at=now() - timedelta(minutes=5)
+    )
+    alive = make_session()
+    alive.mark_running("t2")
+    layer, channel = listen(events.session_group(session.pk))
+
+    assert f"Failed 1 lost session(s): #{session.pk}" in call_command_output()
+    session.refresh_from_db()
+    alive.refresh_from_db()
+    assert session.status == TrainingSession.Status.FAILED
+    assert alive.status == TrainingSession.Status.RUNNING
+    event = drain(layer, channel, "training_failed")[-1]
+    assert event["session"]["error"].startswith("Worker lost")
+    assert "No lost sessions" in call_command_output()
+
+
+def call_command_output():
+    out = io.StringIO()
+    call_command("fail_lost_sessions", stdout=out)
+    return out.getvalue()

@@ -1,0 +1,269 @@
+"""Faults on real processes: Redis and daphne restarted mid-run, floods of viewers,
+a stalled viewer. Each test checks that nothing was lost: the database holds every
+epoch once, and a viewer that reconnects and backfills as the page does ends with
+every epoch exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+
+from sessions.models import ApiToken, EpochMetric, TrainingSession
+from tests.conftest import ROOT, Stack, stack
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+FINAL = {"completed", "failed", "stopped"}
+# A run of a few seconds: long enough to break something in the middle.
+LONG_RUN = {
+    "modelType": "mlp",
+    "dataset": "digits",
+    "epochs": 40,
+    "params": {"hidden_layer_sizes": "128,64", "batch_size": 32},
+}
+
+
+class RedisServer:
+    """A redis-server of this test's own, so it can be restarted."""
+
+    def __init__(self) -> None:
+        self.port = stack.free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self) -> None:
+        self.process = stack.start_redis(self.port, ROOT / "var" / f"redis-{self.port}")
+
+    def stop(self) -> None:
+        stack.stop([self.process])
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_stack(redis_server, tmp_path):
+    running = Stack(redis_server.url, tmp_path).start()
+    yield running
+    running.stop()
+
+
+def call(stack_, method, path, token, body=None):
+    request = urllib.request.Request(
+        stack_.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Viewer:
+    """Watches one session the way the page does: live events, and after every
+    (re)connect a backfill from the API of the epochs after the last one seen."""
+
+    def __init__(self, stack_, token: str, session_id: int) -> None:
+        self.stack = stack_
+        self.token = token
+        self.session_id = session_id
+        self.epochs: dict[int, dict] = {}
+        self.duplicates_ignored = 0
+        self.connections = 0
+        self.status = "queued"
+
+    def add(self, epoch: int, metrics: dict) -> None:
+        if epoch in self.epochs:
+            self.duplicates_ignored += 1
+        else:
+            self.epochs[epoch] = metrics
+
+    async def backfill(self) -> None:
+        last = max(self.epochs, default=0)
+        body = await asyncio.to_thread(
+            call,
+            self.stack,
+            "GET",
+            f"/api/ml/training-metrics/{self.session_id}?after={last}",
+            self.token,
+        )
+        for row in body["epochs"]:
+            self.add(row["epoch"], row["metrics"])
+        self.status = body["status"]
+
+    async def watch(self, deadline: float = 180) -> None:
+        url = f"{self.stack.url.replace('http', 'ws')}/ws/training/{self.session_id}/"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        delay = 0.2
+        give_up = time.monotonic() + deadline
+        while time.monotonic() < give_up:
+            try:
+                async with websockets.connect(
+                    url, additional_headers=headers, open_timeout=5
+                ) as socket:
+                    self.connections += 1
+                    delay = 0.2
+                    await self.backfill()
+                    while self.status not in FINAL:
+                        event = json.loads(await asyncio.wait_for(socket.recv(), 60))
+                        if event["type"] == "training_progress":
+                            if event["epoch"] > max(self.epochs, default=0) + 1:
+                                await self.backfill()  # a dropped event: fetch the gap
+                            self.add(event["epoch"], event["metrics"])
+                        self.status = event["session"]["status"]
+                    await self.backfill()
+                    return
+            except (
+                TimeoutError,
+                OSError,
+                websockets.ConnectionClosed,
+                websockets.InvalidStatus,
+                urllib.error.URLError,
+            ):
+                await asyncio.sleep(delay)  # reconnect with backoff, as the page does
+                delay = min(delay * 2, 2)
+        raise AssertionError(
+            f"session {self.session_id} did not finish in {deadline} s"
+        )
+
+
+def wait_for_epoch(session_id: int, epoch: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if EpochMetric.objects.filter(session_id=session_id, epoch__gte=epoch).exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"epoch {epoch} of session {session_id} never came")
+
+
+def run_with_fault(stack_, alice, fault) -> tuple[TrainingSession, Viewer]:
+    _, token = ApiToken.issue(alice)
+    session_id = call(stack_, "POST", "/api/ml/start-training", token, LONG_RUN)[
+        "session"
+    ]["id"]
+    viewer = Viewer(stack_, token, session_id)
+
+    async def scenario():
+        watching = asyncio.create_task(viewer.watch())
+        await asyncio.to_thread(wait_for_epoch, session_id, 3)
+        await asyncio.to_thread(fault)
+        await watching
+
+    asyncio.run(scenario())
+    return TrainingSession.objects.get(pk=session_id), viewer
+
+
+def assert_nothing_lost(session: TrainingSession, viewer: Viewer) -> None:
+    assert session.status == "completed", session.error
+    stored = list(session.epochs.values_list("epoch", flat=True))
+    assert stored == list(range(1, 41))
+    assert sorted(viewer.epochs) == stored
+
+
+def test_a_redis_restart_mid_run_loses_no_epoch(own_stack, redis_server, alice):
+    def restart_redis():
+        redis_server.stop()
+        time.sleep(1)  # Redis stays down for a second while the run goes on
+        redis_server.start()
+
+    session, viewer = run_with_fault(own_stack, alice, restart_redis)
+    assert_nothing_lost(session, viewer)
+    assert viewer.connections >= 2  # the socket broke and the viewer came back
+
+
+def test_a_daphne_restart_mid_run_loses_no_epoch(own_stack, alice):
+    def restart_daphne():
+        stack.stop([own_stack.daphne])
+        own_stack.start_daphne()
+
+    session, viewer = run_with_fault(own_stack, alice, restart_daphne)
+    assert_nothing_lost(session, viewer)
+    assert viewer.connections >= 2
+
+
+def test_hundreds_of_viewers_and_a_stalled_one_all_get_every_epoch(live_stack, alice):
+    _, token = ApiToken.issue(alice)
+    body = {"modelType": "logistic", "dataset": "iris", "epochs": 30}
+    session_id = call(live_stack, "POST", "/api/ml/start-training", token, body)[
+        "session"
+    ]["id"]
+    url = f"{live_stack.url.replace('http', 'ws')}/ws/training/{session_id}/"
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def scenario():
+        # One viewer that connects and never reads: its buffer fills, nobody waits.
+        stalled = await websockets.connect(
+            url, additional_headers=headers, max_size=None, open_timeout=30
+        )
+        viewers = [Viewer(live_stack, token, session_id) for _ in range(300)]
+        await asyncio.gather(*(v.watch() for v in viewers))
+        await stalled.close()
+        return viewers
+
+    viewers = asyncio.run(scenario())
+    session = TrainingSession.objects.get(pk=session_id)
+    assert session.status == "completed"
+    for viewer in viewers:
+        assert sorted(viewer.epochs) == list(range(1, 31))
+
+
+def test_events_dropped_by_a_full_channel_are_backfilled(redis_server, tmp_path, alice):
+    """An overloaded web process (daphne paused) lets its channel fill up; the
+    channel layer then drops events. The viewer sees the gap and backfills."""
+    import os
+    import signal
+
+    overloaded = Stack(redis_server.url, tmp_path)
+    overloaded.env["CHANNEL_CAPACITY"] = "5"
+    overloaded.start()
+    try:
+        _, token = ApiToken.issue(alice)
+        body = {"modelType": "logistic", "dataset": "iris", "epochs": 150}
+        session_id = call(overloaded, "POST", "/api/ml/start-training", token, body)[
+            "session"
+        ]["id"]
+
+        class CountingViewer(Viewer):
+            gaps = 0
+
+            async def backfill(self) -> None:
+                self.gaps += 1
+                await super().backfill()
+
+        viewer = CountingViewer(overloaded, token, session_id)
+
+        def pause_daphne():
+            paused_at = EpochMetric.objects.filter(session_id=session_id).count()
+            os.kill(overloaded.daphne.pid, signal.SIGSTOP)
+            try:
+                wait_for_epoch(session_id, paused_at + 20)
+            finally:
+                os.kill(overloaded.daphne.pid, signal.SIGCONT)
+
+        async def scenario():
+            watching = asyncio.create_task(viewer.watch())
+            await asyncio.to_thread(wait_for_epoch, session_id, 3)
+            await asyncio.to_thread(pause_daphne)
+            await watching
+
+        asyncio.run(scenario())
+    finally:
+        overloaded.stop()
+    assert TrainingSession.objects.get(pk=session_id).status == "completed"
+    assert sorted(viewer.epochs) == list(range(1, 151))
+    # One backfill on connect, one at the end, and at least one for the gap.
+    assert viewer.gaps >= 3 and viewer.connections == 1

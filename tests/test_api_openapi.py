@@ -1,0 +1,52 @@
+"""The OpenAPI document and its page. The fuzz run against the live app is in
+tests/integration/test_client_schemathesis.py."""
+
+import re
+
+import pytest
+from django.urls import get_resolver
+
+pytestmark = pytest.mark.django_db
+
+
+def api_routes():
+    """Every /api/ml/ route of the URLconf, written as OpenAPI paths."""
+    routes = set()
+    for pattern in get_resolver().url_patterns:
+        for inner in getattr(pattern, "url_patterns", [pattern]):
+            route = str(inner.pattern)
+            if route.startswith("api/ml/"):
+                routes.add("/" + re.sub(r"<int:(\w+)>", r"{\1}", route))
+    return routes
+
+
+def test_it_documents_every_api_route(client):
+    document = client.get("/api/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == api_routes()
+    assert len(api_routes()) == 11
+
+
+def test_every_operation_documents_its_errors(client):
+    document = client.get("/api/openapi.json").json()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert "401" in operation["responses"], (method, path)
+            for code, answer in operation["responses"].items():
+                schema = answer["content"]["application/json"]["schema"]
+                if code.startswith(("4", "5")):
+                    assert schema == {"$ref": "#/components/schemas/Error"}
+
+
+def test_it_is_public(client):
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+def test_the_docs_page_lists_every_operation(client):
+    response = client.get("/api/docs")
+    assert response.status_code == 200
+    page = response.content.decode()
+    for path in api_routes():
+        assert path in page
+    assert "POST /api/ml/runs/{session_id}/metrics" in page
+    assert "http://" not in page.replace("http://testserver", "")  # nothing from a CDN

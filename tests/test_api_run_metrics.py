@@ -1,0 +1,250 @@
+import json
+
+import pytest
+
+from sessions import events
+from sessions.models import ApiToken, EpochMetric, TrainingEvent, TrainingSession
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def auth(alice):
+    return {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(alice)[1]}"}
+
+
+@pytest.fixture
+def run(alice):
+    return TrainingSession.objects.start_external(alice, "run", {}, 100, "custom")
+
+
+def send(client, run_id, body, auth):
+    data = body if isinstance(body, str) else json.dumps(body)
+    return client.post(
+        f"/api/ml/runs/{run_id}/metrics",
+        data=data,
+        content_type="application/json",
+        **auth,
+    )
+
+
+def epochs(*numbers, **metrics):
+    return {
+        "epochs": [
+            {
+                "epoch": n,
+                "metrics": metrics or {"train_loss": 1 / n, "val_accuracy": n / 100},
+            }
+            for n in numbers
+        ]
+    }
+
+
+def test_it_stores_standard_and_custom_metrics(client, auth, run):
+    body = {
+        "epochs": [
+            {
+                "epoch": 1,
+                "metrics": {"train_loss": 0.9, "val_accuracy": 0.5, "my_metric": 3},
+                "duration": 0.25,
+            }
+        ]
+    }
+    response = send(client, run.pk, body, auth)
+    assert response.status_code == 200
+    assert response.json()["stored"] == 1 and response.json()["stopRequested"] is False
+    row = EpochMetric.objects.get(session=run)
+    assert (row.train_loss, row.val_accuracy, row.extra) == (0.9, 0.5, {"my_metric": 3})
+    assert row.duration == 0.25
+    run.refresh_from_db()
+    assert run.current_epoch == 1 and run.best_val_accuracy == 0.5
+    assert run.final_metrics["my_metric"] == 3
+
+
+def test_it_stores_a_batch_of_thousands_in_epoch_order(client, auth, run):
+    numbers = list(range(5000, 0, -1))  # arrives backwards
+    response = send(client, run.pk, epochs(*numbers), auth)
+    assert response.json()["stored"] == 5000
+    stored = list(run.epochs.order_by("epoch").values_list("epoch", flat=True))
+    assert stored == list(range(1, 5001))
+    body = client.get(f"/api/ml/training-metrics/{run.pk}", **auth).json()
+    assert [e["epoch"] for e in body["epochs"]][:3] == [1, 2, 3]
+    run.refresh_from_db()
+    assert run.current_epoch == 5000 and run.best_val_accuracy == 50.0
+
+
+def test_an_epoch_sent_twice_is_stored_once(client, auth, run):
+    send(client, run.pk, epochs(1, 2, 3), auth)
+    response = send(client, run.pk, epochs(2, 3, 4, 4), auth)
+    assert response.json()["stored"] == 1 and response.json()["duplicates"] == 3
+    assert list(run.epochs.values_list("epoch", flat=True)) == [1, 2, 3, 4]
+
+
+def test_a_late_earlier_epoch_does_not_move_the_counters_back(client, auth, run):
+    send(client, run.pk, epochs(10), auth)
+    send(client, run.pk, epochs(5), auth)
+    run.refresh_from_db()
+    assert run.current_epoch == 10
+    assert run.final_metrics["train_loss"] == 0.1
+
+
+def test_it_pushes_one_progress_event_per_epoch_for_a_small_batch(client, auth, run):
+    send(client, run.pk, epochs(1, 2, 3), auth)
+    progress = TrainingEvent.objects.filter(session=run, type="training_progress")
+    assert [e.data["epoch"] for e in progress] == [1, 2, 3]
+    assert progress[0].data["metrics"]["train_loss"] == 1.0
+
+
+def test_it_coalesces_a_large_batch_into_one_event(client, auth, run):
+    count = events.PER_EPOCH_EVENTS_UP_TO + 1
+    send(client, run.pk, epochs(*range(1, count + 1)), auth)
+    (event,) = TrainingEvent.objects.filter(session=run, type="training_progress")
+    assert event.data["epoch"] == count
+    assert event.data["coalesced"] == {
+        "count": count,
+        "firstEpoch": 1,
+        "lastEpoch": count,
+    }
+
+
+def test_a_retried_batch_pushes_nothing_new(client, auth, run):
+    send(client, run.pk, epochs(1, 2), auth)
+    send(client, run.pk, epochs(1, 2), auth)
+    assert TrainingEvent.objects.filter(type="training_progress").count() == 2
+
+
+def test_it_refreshes_the_heartbeat(client, auth, run):
+    TrainingSession.objects.filter(pk=run.pk).update(heartbeat_at=None)
+    send(client, run.pk, epochs(1), auth)
+    run.refresh_from_db()
+    assert run.heartbeat_at is not None
+
+
+def test_it_tells_the_script_to_stop(client, auth, run):
+    run.request_stop()
+    response = send(client, run.pk, epochs(1), auth)
+    assert response.status_code == 200 and response.json()["stopRequested"] is True
+
+
+@pytest.mark.parametrize(
+    "body, field, text",
+    [
+        ({}, "epochs", "required"),
+        ({"epochs": []}, "epochs", "non-empty list"),
+        ({"epochs": {"epoch": 1}}, "epochs", "non-empty list"),
+        ({"epochs": [5]}, "epochs[0]", "must be an object"),
+        ({"epochs": [{"metrics": {"a": 1}}]}, "epochs[0].epoch", "integer"),
+        (
+            {"epochs": [{"epoch": "1", "metrics": {"a": 1}}]},
+            "epochs[0].epoch",
+            "integer",
+        ),
+        (
+            {"epochs": [{"epoch": 1.5, "metrics": {"a": 1}}]},
+            "epochs[0].epoch",
+            "integer",
+        ),
+        (
+            {"epochs": [{"epoch": -1, "metrics": {"a": 1}}]},
+            "epochs[0].epoch",
+            "between 0",
+        ),
+        (
+            {"epochs": [{"epoch": 2**40, "metrics": {"a": 1}}]},
+            "epochs[0].epoch",
+            "between 0",
+        ),
+        ({"epochs": [{"epoch": 1}]}, "epochs[0].metrics", "non-empty object"),
+        ({"epochs": [{"epoch": 1, "metrics": {}}]}, "epochs[0].metrics", "non-empty"),
+        (
+            {
+                "epochs": [
+                    {"epoch": 1, "metrics": {"a": 1}},
+                    {"epoch": 7, "metrics": {"loss": "low"}},
+                ]
+            },
+            "epochs[1].metrics.loss",
+            "epoch 7: metric loss must be a finite number",
+        ),
+        (
+            {"epochs": [{"epoch": 3, "metrics": {"ok": True}}]},
+            "epochs[0].metrics.ok",
+            "epoch 3: metric ok",
+        ),
+        (
+            {"epochs": [{"epoch": 3, "metrics": {"x" * 101: 1}}]},
+            "epochs[0].metrics",
+            "metric names",
+        ),
+        (
+            {"epochs": [{"epoch": 3, "metrics": {f"m{i}": 1 for i in range(201)}}]},
+            "epochs[0].metrics",
+            "at most 200 metrics",
+        ),
+        (
+            {"epochs": [{"epoch": 3, "metrics": {"a": 1}, "duration": -1}]},
+            "epochs[0].duration",
+            "duration",
+        ),
+    ],
+)
+def test_it_rejects_bad_input_naming_the_field(client, auth, run, body, field, text):
+    response = send(client, run.pk, body, auth)
+    assert response.status_code == 400
+    assert text in response.json()["fields"][field]
+    assert text in response.json()["error"]
+    assert not run.epochs.exists()
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_it_rejects_non_finite_numbers_naming_epoch_and_metric(
+    client, auth, run, literal
+):
+    body = '{"epochs": [{"epoch": 4, "metrics": {"val_loss": LITERAL}}]}'.replace(
+        "LITERAL", literal
+    )
+    response = send(client, run.pk, body, auth)
+    assert response.status_code == 400
+    assert response.json()["fields"]["epochs[0].metrics.val_loss"].startswith(
+        "epoch 4: metric val_loss must be a finite number"
+    )
+    assert not run.epochs.exists()
+
+
+def test_a_bad_epoch_rejects_the_whole_batch(client, auth, run):
+    body = epochs(1, 2)
+    body["epochs"].append({"epoch": 3, "metrics": {"loss": None}})
+    assert send(client, run.pk, body, auth).status_code == 400
+    assert not run.epochs.exists()
+
+
+def test_it_refuses_too_many_epochs_in_one_request_with_413(client, auth, run):
+    response = send(client, run.pk, epochs(*range(1, 10_002)), auth)
+    assert response.status_code == 413
+    assert "at most 10000" in response.json()["error"]
+
+
+def test_it_refuses_a_finished_run_with_409(client, auth, run):
+    run.mark_completed({})
+    response = send(client, run.pk, epochs(1), auth)
+    assert response.status_code == 409
+    assert "already finished (completed)" in response.json()["error"]
+    assert not run.epochs.exists()
+
+
+def test_it_refuses_a_session_trained_by_mltrack_with_409(client, auth, make_session):
+    session = make_session()
+    response = send(client, session.pk, epochs(1), auth)
+    assert response.status_code == 409
+    assert "not logged by a script" in response.json()["error"]
+
+
+def test_it_answers_404_for_an_unknown_run(client, auth):
+    response = send(client, 999, epochs(1), auth)
+    assert response.status_code == 404 and response.json()["error"] == "No run 999"
+
+
+def test_it_hides_other_users_runs(client, bob, run):
+    other = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(bob)[1]}"}
+    assert send(client, run.pk, epochs(1), other).status_code == 404
+    assert not run.epochs.exists()
