@@ -479,6 +479,8 @@ def main() -> None:
         ]
         context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
         figures += run_json(command, out, args.saved)
+    if args.saved:
+        context["commands"].append("# figures loaded from the last run of the above")
     for extra in args.add:
         context["commands"].append(f"# plus the figures of {extra.name}")
         figures += [Figure(**item) for item in json.loads(extra.read_text())]
