@@ -117,7 +117,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        "timeout": env_int("SQLITE_BUSY_TIMEOUT", 20, minimum=0),
     }
     # Tests run the worker and daphne as separate processes: they need a file.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
@@ -231,3 +231,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+
+# How long the worker keeps retrying a write while the database is unavailable or
+# locked before it gives up on the run.
+MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)

@@ -341,6 +341,11 @@ class TrainingSession(models.Model):
         """Store one epoch's metrics and move the session's counters, atomically."""
         standard = {k: metrics.get(k) for k in STANDARD_METRICS}
         extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
+        existing = EpochMetric.objects.filter(session=self, epoch=epoch).first()
+        if existing is not None:
+            # A retried save whose first attempt committed before the connection
+            # broke: the epoch is stored once, as first written.
+            return existing
         with transaction.atomic():
             row = EpochMetric.objects.create(
                 session=self, epoch=epoch, duration=duration, extra=extra, **standard

@@ -4,19 +4,27 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from celery import shared_task
 from celery.signals import worker_process_init
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import (
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 
 from sessions import diagnostics, events
 from sessions.models import TrainingSession
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5
 
@@ -66,6 +74,24 @@ class _Progress:
         }
 
 
+def _retrying(write: Callable[[], T], what: str) -> T:
+    """Run a database write, retrying while the database is briefly unavailable
+    or locked, for up to MLTRACK_DB_RETRY_SECONDS. A connection that failed is
+    closed, so the next attempt opens a fresh one."""
+    deadline = time.monotonic() + settings.MLTRACK_DB_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            connection.close()
+            time.sleep(delay)  # back off while the database recovers
+            delay = min(delay * 2, 5.0)
+
+
 @worker_process_init.connect
 def _push_from_one_loop(**kwargs: Any) -> None:
     # A worker process pushes every epoch: keep its Redis connections (events.py).
@@ -107,14 +133,17 @@ def run_training(self: Any, session_id: int) -> str:
     val_losses: list[float] = []
 
     def on_epoch(result: training.EpochResult) -> None:
-        row = session.record_epoch(result.epoch, result.metrics, result.duration)
+        row = _retrying(
+            lambda: session.record_epoch(result.epoch, result.metrics, result.duration),
+            f"saving epoch {result.epoch} of session {session_id}",
+        )
         train_losses.append(result.metrics["train_loss"])
         val_losses.append(result.metrics["val_loss"])
         # The session keeps every warning seen; the event also says which hold now.
         current = diagnostics.diagnose(train_losses, val_losses)
         flagged = diagnostics.merge(session.diagnostics, current)
         if flagged != session.diagnostics:
-            session.set_diagnostics(flagged)
+            _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
         events.push_epoch(session, row, stats)
@@ -122,7 +151,8 @@ def run_training(self: Any, session_id: int) -> str:
     def should_stop() -> bool:
         # Not only "stopping": a worker that froze past the heartbeat timeout finds
         # its session failed as lost, and must not go on training it.
-        return session.current_status() != TrainingSession.Status.RUNNING
+        status = _retrying(session.current_status, f"reading session {session_id}")
+        return status != TrainingSession.Status.RUNNING
 
     try:
         result = training.fit(
@@ -136,17 +166,18 @@ def run_training(self: Any, session_id: int) -> str:
             target_column=session.target_column or None,
         )
     except training.TrainingError as exc:
-        session.mark_failed(str(exc), traceback.format_exc())
+        reason, trace = str(exc), traceback.format_exc()
+        _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
-        session.mark_failed(
-            f"Training crashed: {type(exc).__name__}: {exc}", traceback.format_exc()
-        )
+        message = f"Training crashed: {type(exc).__name__}: {exc}"
+        trace = traceback.format_exc()
+        _retrying(lambda: session.mark_failed(message, trace), "failing the session")
     else:
         if result.stopped:
-            session.mark_stopped(result.report)
+            _retrying(lambda: session.mark_stopped(result.report), "stopping")
         else:
-            session.mark_completed(result.report)
+            _retrying(lambda: session.mark_completed(result.report), "completing")
     finally:
         heartbeat.done.set()
         heartbeat.join()

@@ -26,9 +26,12 @@ def test_record_epoch_stores_metrics_and_moves_counters(make_session):
 
 def test_an_epoch_is_stored_once(make_session):
     session = make_session()
-    session.record_epoch(1, {"train_loss": 0.5})
-    with pytest.raises(IntegrityError):
-        session.record_epoch(1, {"train_loss": 0.4})
+    first = session.record_epoch(1, {"train_loss": 0.5})
+    again = session.record_epoch(1, {"train_loss": 0.4})
+    assert again.pk == first.pk
+    assert EpochMetric.objects.get(session=session, epoch=1).train_loss == 0.5
+    with pytest.raises(IntegrityError):  # the database itself refuses a duplicate
+        EpochMetric.objects.create(session=session, epoch=1)
 
 
 def test_stop_cancels_a_queued_session_at_once(make_session):

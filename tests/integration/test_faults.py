@@ -268,3 +268,61 @@ def test_events_dropped_by_a_full_channel_are_backfilled(redis_server, tmp_path,
     assert sorted(viewer.epochs) == list(range(1, 151))
     # One backfill on connect, one at the end, and at least one for the gap.
     assert viewer.gaps >= 3 and viewer.connections == 1
+
+
+def test_the_worker_retries_its_writes_while_the_database_is_unavailable(
+    redis_server, tmp_path, alice
+):
+    """SQLite: another process holds the write lock longer than the busy timeout.
+    PostgreSQL: every connection of the worker is killed mid-run. Either way the
+    worker's writes fail, it retries, and no epoch is lost or stored twice."""
+    import sqlite3
+
+    from django.db import connection
+
+    flaky = Stack(redis_server.url, tmp_path)
+    flaky.env["SQLITE_BUSY_TIMEOUT"] = "1"
+    flaky.start()
+    worker_log = tmp_path / "worker.log"
+
+    def retried() -> bool:
+        return "retrying in" in worker_log.read_text(errors="replace")
+
+    try:
+        _, token = ApiToken.issue(alice)
+        session_id = call(flaky, "POST", "/api/ml/start-training", token, LONG_RUN)[
+            "session"
+        ]["id"]
+        wait_for_epoch(session_id, 3)
+        deadline = time.monotonic() + 120
+        if connection.vendor == "sqlite":
+            locker = sqlite3.connect(
+                connection.settings_dict["NAME"], timeout=30, isolation_level=None
+            )
+            locker.execute("BEGIN EXCLUSIVE")
+            try:
+                while not retried() and time.monotonic() < deadline:
+                    time.sleep(0.1)  # hold the lock until the worker has retried
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+        else:
+            while not retried() and time.monotonic() < deadline:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database()"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                time.sleep(0.2)
+        assert retried(), "the worker never met the database fault"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            session = TrainingSession.objects.get(pk=session_id)
+            if session.status in FINAL:
+                break
+            time.sleep(0.2)
+    finally:
+        flaky.stop()
+    assert session.status == "completed", session.error
+    assert list(session.epochs.values_list("epoch", flat=True)) == list(range(1, 41))
