@@ -178,11 +178,11 @@ def _models_page_context(
     posted = start_form.data if start_form is not None else None
     errors = start_form.field_errors() if start_form is not None else {}
     fieldsets, params_errors = _param_fields(posted, errors)
-    chart = (
-        metrics.chart_rows(focus.epochs.all(), max_points=metrics.CHART_MAX_POINTS)
-        if focus
-        else {"epochs": [], "downsampled": False}
-    )
+    chart = {"epochs": [], "downsampled": False}
+    if focus and tab == "training":  # the Models tab draws no chart
+        chart = metrics.chart_rows(
+            focus.epochs.all(), max_points=metrics.CHART_MAX_POINTS
+        )
     return {
         "tab": tab,
         "model_types": catalog.MODEL_TYPES.values(),

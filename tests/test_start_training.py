@@ -88,3 +88,9 @@ def test_an_unknown_model_type_is_named_next_to_its_field(alice_client):
     assert response.status_code == 400
     assert 'id="error-modelType">Unknown model type svm' in response.content.decode()
     assert TrainingSession.objects.count() == 0
+
+
+def test_the_re_rendered_form_links_back_to_the_models_page(alice_client):
+    html = alice_client.post("/sessions/start/", {"modelType": "svm"}).content.decode()
+    # The page now lives at /sessions/start/, which answers only POST.
+    assert 'href="/?tab=training"' in html and 'href="?tab=' not in html

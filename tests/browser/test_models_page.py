@@ -148,3 +148,53 @@ def test_paused_updates_wait_until_resumed(live_stack, page, alice):
     page.click("#live-toggle")
     page.wait_for_selector(f'#active-sessions li[data-session="{session.pk}"]')
     assert page.console_problems == []
+
+
+def _csv_file(path) -> str:
+    import random
+
+    rng = random.Random(3)
+    lines = ["height,weight,colour,kind"]
+    for _ in range(120):
+        kind = rng.choice(["cat", "dog"])
+        base = 30 if kind == "cat" else 60
+        lines.append(
+            f"{base + rng.random() * 10:.2f},{base / 8 + rng.random():.2f},"
+            f"{rng.choice(['black', 'white'])},{kind}"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_csv_upload_trains_on_the_named_column(live_stack, page, alice, tmp_path):
+    login(page, live_stack.url, "alice", "alice-password-1")
+    page.goto(f"{live_stack.url}/?tab=models")
+    page.select_option("#id_modelType", "randomforest")
+    page.select_option("#id_dataset", "csv")
+    assert page.is_visible("#id_csvFile")
+    page.set_input_files("#id_csvFile", _csv_file(tmp_path / "pets.csv"))
+    page.fill("#id_targetColumn", "kind")
+    page.fill("#id_epochs", "5")
+    page.click("#custom-run button[type=submit]")
+    page.wait_for_selector("#focus-status.status-completed", timeout=120_000)
+    assert page.text_content("#focus-epoch") == "Epoch 5/5"
+    session = TrainingSession.objects.get()
+    assert session.dataset == "csv"
+    assert page.console_problems == []
+
+
+def test_a_csv_without_its_target_column_is_named_next_to_the_field(
+    live_stack, page, alice, tmp_path
+):
+    login(page, live_stack.url, "alice", "alice-password-1")
+    page.goto(f"{live_stack.url}/?tab=models")
+    page.select_option("#id_dataset", "csv")
+    page.set_input_files("#id_csvFile", _csv_file(tmp_path / "pets.csv"))
+    page.fill("#id_targetColumn", "species")
+    page.click("#custom-run button[type=submit]")
+    page.wait_for_selector("#form-errors")
+    message = page.text_content("#error-targetColumn") or page.text_content(
+        "#error-csvFile"
+    )
+    assert "species" in message
+    assert TrainingSession.objects.count() == 0
