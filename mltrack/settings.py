@@ -207,6 +207,11 @@ MLTRACK_QUEUE_RETRY_SECONDS = env_int("MLTRACK_QUEUE_RETRY_SECONDS", 3, minimum=
 # 30 + 10 keeps the promise of "within 60 seconds".
 MLTRACK_HEARTBEAT_TIMEOUT = env_int("MLTRACK_HEARTBEAT_TIMEOUT", 30, minimum=10)
 MLTRACK_LOST_CHECK_SECONDS = env_int("MLTRACK_LOST_CHECK_SECONDS", 10, minimum=1)
+# A message a dead worker had taken (a queued session it had reserved, or a retry
+# waiting for a slot) goes back to the queue after this many seconds. Redelivering a
+# running or finished session's message is harmless: only a queued session starts.
+MLTRACK_REDELIVERY_SECONDS = env_int("MLTRACK_REDELIVERY_SECONDS", 300, minimum=5)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MLTRACK_REDELIVERY_SECONDS}
 
 # Production hardening: only when DEBUG is off, so local HTTP development works.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

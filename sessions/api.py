@@ -22,9 +22,10 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from sessions import catalog, events, openapi
+from sessions import catalog, events, metrics, openapi
 from sessions.auth import bearer_token, user_for_token
 from sessions.forms import StartTrainingForm
 from sessions.models import EpochMetric, TrainingEvent, TrainingSession
@@ -88,8 +89,10 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                     return error_response(403, reason)
             try:
                 # Read the body here, so every endpoint refuses an oversized one,
-                # even those that ignore what is sent.
-                request.body  # noqa: B018
+                # even those that ignore what is sent. Multipart uploads stream to
+                # disk under Django's own limits: reading them whole would not.
+                if request.content_type != "multipart/form-data":
+                    request.body  # noqa: B018
                 return view(request, *args, **kwargs)
             except ApiError as exc:
                 return error_response(exc.status, exc.error, exc.fields)
@@ -207,16 +210,27 @@ def training_session(request: HttpRequest, session_id: int) -> JsonResponse:
 
 @api_view(("GET",))
 def training_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
+    """Epochs after a cursor (`after`), or in a zoom range (`from`, `to`), thinned to
+    `maxPoints` per series when there are more (long runs)."""
     session = _session_for_user(request, session_id)
     after = _int_arg(request, "after", 0)
-    rows = EpochMetric.objects.filter(session=session, epoch__gt=after).order_by(
-        "epoch"
-    )
+    first = _int_arg(request, "from", None)
+    last = _int_arg(request, "to", None)
+    max_points = _int_arg(request, "maxPoints", None, minimum=2)
+    if first is not None and last is not None and first > last:
+        message = "from must not be greater than to"
+        raise ApiError(400, message, {"from": message})
+    first = max(after + 1, first or 0)
+    rows = EpochMetric.objects.filter(session=session)
+    chart = metrics.chart_rows(rows, first, last, max_points)
     return JsonResponse(
         {
             "sessionId": session.pk,
             "status": session.status,
-            "epochs": [row.as_dict() for row in rows],
+            "epochs": chart["epochs"],
+            "count": chart["count"],
+            "downsampled": chart["downsampled"],
+            "maxPoints": max_points,
         }
     )
 
@@ -332,6 +346,8 @@ def _run_for_owner(request: HttpRequest, session_id: int) -> TrainingSession:
 
 
 def _require_active(session: TrainingSession) -> None:
+    if session.resume_if_lost():
+        events.push_status(session)
     if not session.is_active:
         raise ApiError(409, f"Run {session.pk} has already finished ({session.status})")
 
@@ -511,6 +527,8 @@ def finish_run(request: HttpRequest, session_id: int) -> JsonResponse:
     if status not in finals:
         raise _bad("status", "status must be completed or failed")
     error = _optional_text(body, "error", 10_000)
+    if session.resume_if_lost():
+        events.push_status(session)
     if not session.is_active:
         # A retried finish whose first answer was lost: say how it ended.
         if session.status == status or (
@@ -544,12 +562,20 @@ def not_found(request: HttpRequest) -> JsonResponse:
     return error_response(404, f"No API endpoint at {request.path}")
 
 
+@api_view(("GET",))
 def openapi_document(request: HttpRequest) -> JsonResponse:
-    """The OpenAPI document: public, it describes the API and holds no data."""
+    # Behind a login like every other route: nothing is shown to strangers.
     return JsonResponse(openapi.document(), json_dumps_params={"indent": 1})
 
 
 def docs_page(request: HttpRequest) -> HttpResponse:
+    # Under /api/ a stranger gets JSON like everywhere else there, saying where to
+    # log in, rather than a redirect a script would follow to a login form.
+    if not request.user.is_authenticated:
+        return error_response(
+            401,
+            f"Log in at {reverse(settings.LOGIN_URL)}?next=/api/docs to read the docs",
+        )
     document = openapi.document()
     operations = [
         {

@@ -304,6 +304,26 @@ class TrainingSession(models.Model):
             return True
         return self._transition((self.Status.RUNNING,), status=self.Status.STOPPING)
 
+    def resume_if_lost(self) -> bool:
+        """Bring an external run failed as lost back to running.
+
+        A script that was only cut off from the server (a network outage longer
+        than the heartbeat timeout) speaks again with the points it kept: its run
+        goes on rather than refusing them. Only the lost-worker failure is undone.
+        """
+        lost = self.status == self.Status.FAILED and self.error.startswith(
+            "Worker lost"
+        )
+        if self.model_type != catalog.EXTERNAL_MODEL_TYPE or not lost:
+            return False
+        return self._transition(
+            (self.Status.FAILED,),
+            status=self.Status.RUNNING,
+            finished_at=None,
+            error="",
+            heartbeat_at=now(),
+        )
+
     def beat(self) -> None:
         TrainingSession.objects.filter(pk=self.pk).update(heartbeat_at=now())
 

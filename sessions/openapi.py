@@ -572,6 +572,9 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "summary": "Say the script is alive (a run silent too long is "
                 "marked failed)",
+                "description": "A run failed as lost (no heartbeat or metrics for "
+                "MLTRACK_HEARTBEAT_TIMEOUT seconds) goes back to running when its "
+                "script calls heartbeat, metrics or finish again.",
                 "parameters": [SESSION_ID],
                 "responses": {
                     "200": _json(RUN_ANSWER, "The run"),

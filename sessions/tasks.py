@@ -9,6 +9,7 @@ from typing import Any
 
 import psutil
 from celery import shared_task
+from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -63,6 +64,12 @@ class _Progress:
             "cpuPercent": self.process.cpu_percent(),
             "memoryMb": round(self.process.memory_info().rss / 2**20, 1),
         }
+
+
+@worker_process_init.connect
+def _push_from_one_loop(**kwargs: Any) -> None:
+    # A worker process pushes every epoch: keep its Redis connections (events.py).
+    events.push_from_one_loop()
 
 
 # max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",

@@ -9,6 +9,15 @@ urlpatterns = [
     path("sessions/start/", views.start_training, name="start"),
     path("sessions/<int:pk>/", views.session_detail, name="detail"),
     path("sessions/<int:pk>/stop/", views.stop_training, name="stop"),
+    path(
+        "sessions/<int:pk>/metrics.csv", views.session_metrics_csv, name="metrics-csv"
+    ),
+    path(
+        "sessions/<int:pk>/metrics.json",
+        views.session_metrics_json,
+        name="metrics-json",
+    ),
+    path("sessions/compare/", views.compare, name="compare"),
     path("api/ml/models", api.models, name="api-models"),
     path("api/ml/training-data", api.training_data, name="api-training-data"),
     path("api/ml/start-training", api.start_training, name="api-start"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,31 @@ class Stack:
 
     def stop(self) -> None:
         stack.stop([*self.workers, *([self.daphne] if self.daphne else [])])
+
+    def restart_daphne(self, down_for: float = 0.0) -> None:
+        """Stop daphne, stay down `down_for` seconds, start it on the same port:
+        every open WebSocket drops, as in a deploy."""
+        stack.stop([self.daphne])
+        time.sleep(down_for)  # the outage itself, not a wait for a condition
+        self.start_daphne()
+
+
+class RedisServer:
+    """A redis-server of a test's own, which the test may restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = stack.free_port()
+        self.data_dir = data_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = stack.start_redis(self.port, data_dir)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        stack.stop([self.process])
+        time.sleep(down_for)  # the outage itself
+        self.process = stack.start_redis(self.port, self.data_dir)
+
+    def stop(self) -> None:
+        stack.stop([self.process])
 
 
 @pytest.fixture(scope="session")

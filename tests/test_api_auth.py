@@ -112,3 +112,25 @@ def test_a_database_failure_is_a_json_503_not_a_page(alice_client, make_session)
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert "retry" in response.json()["error"]
+
+
+def test_a_multipart_upload_over_the_json_limit_is_not_refused_as_too_large(
+    client, alice, settings, tmp_path
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.MEDIA_ROOT = tmp_path
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000  # the limit for JSON bodies
+    rows = "".join(f"{i % 7},{i % 5},{'ab'[i % 2]}\n" for i in range(400))
+    csv = SimpleUploadedFile("big.csv", ("x,y,kind\n" + rows).encode(), "text/csv")
+    response = client.post(
+        "/api/ml/start-training",
+        {
+            "modelType": "randomforest",
+            "dataset": "csv",
+            "targetColumn": "kind",
+            "csvFile": csv,
+        },
+        HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(alice)[1]}",
+    )
+    assert response.status_code == 201, response.content

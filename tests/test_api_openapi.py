@@ -20,15 +20,15 @@ def api_routes():
     return routes
 
 
-def test_it_documents_every_api_route(client):
-    document = client.get("/api/openapi.json").json()
+def test_it_documents_every_api_route(alice_client):
+    document = alice_client.get("/api/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == api_routes()
     assert len(api_routes()) == 11
 
 
-def test_every_operation_documents_its_errors(client):
-    document = client.get("/api/openapi.json").json()
+def test_every_operation_documents_its_errors(alice_client):
+    document = alice_client.get("/api/openapi.json").json()
     for path, methods in document["paths"].items():
         for method, operation in methods.items():
             assert "401" in operation["responses"], (method, path)
@@ -38,12 +38,20 @@ def test_every_operation_documents_its_errors(client):
                     assert schema == {"$ref": "#/components/schemas/Error"}
 
 
-def test_it_is_public(client):
-    assert client.get("/api/openapi.json").status_code == 200
+def test_it_requires_a_login_or_token(client, alice):
+    from sessions.models import ApiToken
 
-
-def test_the_docs_page_lists_every_operation(client):
+    assert client.get("/api/openapi.json").status_code == 401
+    raw = ApiToken.issue(alice)[1]
+    response = client.get("/api/openapi.json", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    assert response.status_code == 200
     response = client.get("/api/docs")
+    assert response.status_code == 401
+    assert "Log in at /accounts/login/?next=/api/docs" in response.json()["error"]
+
+
+def test_the_docs_page_lists_every_operation(alice_client):
+    response = alice_client.get("/api/docs")
     assert response.status_code == 200
     page = response.content.decode()
     for path in api_routes():

@@ -60,10 +60,22 @@ def test_a_repeated_finish_answers_200(client, auth, run):
 
 
 def test_finishing_differently_after_the_end_is_409(client, auth, run):
-    run.mark_failed("Worker lost: no heartbeat")
+    run.mark_failed("The script reported a failure")
     response = finish(client, run.pk, {"status": "completed"}, auth)
     assert response.status_code == 409
     assert "already finished (failed)" in response.json()["error"]
+
+
+def test_a_run_failed_as_lost_can_still_complete(client, auth, run):
+    from datetime import timedelta
+
+    TrainingSession.objects.filter(pk=run.pk).update(
+        heartbeat_at=run.heartbeat_at - timedelta(minutes=5)
+    )
+    assert run.mark_lost(timedelta(seconds=30))
+    response = finish(client, run.pk, {"status": "completed"}, auth)
+    assert response.status_code == 200
+    assert response.json()["session"]["status"] == "completed"
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def test_it_tells_the_script_to_stop(client, auth, run):
 
 
 def test_it_refuses_a_finished_run_with_409(client, auth, run):
-    run.mark_failed("Worker lost")
+    run.mark_failed("The script reported a failure")
     response = beat(client, run.pk, auth)
     assert response.status_code == 409
     assert "already finished (failed)" in response.json()["error"]
@@ -61,3 +61,12 @@ def test_it_hides_other_users_runs(client, bob, run):
 
 def test_it_rejects_get(client, auth, run):
     assert client.get(f"/api/ml/runs/{run.pk}/heartbeat", **auth).status_code == 405
+
+
+def test_a_heartbeat_brings_back_a_run_failed_as_lost(client, auth, run):
+    long_ago = now() - timedelta(hours=1)
+    TrainingSession.objects.filter(pk=run.pk).update(heartbeat_at=long_ago)
+    assert run.mark_lost(timedelta(seconds=30))
+    response = beat(client, run.pk, auth)
+    assert response.status_code == 200
+    assert response.json()["session"]["status"] == "running"

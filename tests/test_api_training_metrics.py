@@ -35,3 +35,94 @@ def test_it_rejects_a_bad_cursor(alice_client, trained):
 def test_it_hides_other_users_sessions(client, bob, trained):
     client.force_login(bob)
     assert client.get(f"/api/ml/training-metrics/{trained.pk}").status_code == 404
+
+
+def _bulk_epochs(session, count, spike_at=None):
+    from sessions.models import EpochMetric
+
+    rows = [
+        EpochMetric(
+            session=session,
+            epoch=epoch,
+            train_loss=50.0 if epoch == spike_at else 1 / epoch,
+            val_accuracy=min(1.0, epoch / count),
+        )
+        for epoch in range(1, count + 1)
+    ]
+    EpochMetric.objects.bulk_create(rows, batch_size=5000)
+
+
+def test_max_points_thins_each_series_and_keeps_a_spike(alice_client, make_session):
+    session = make_session(total_epochs=20_000)
+    _bulk_epochs(session, 20_000, spike_at=12_345)
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{session.pk}?maxPoints=500"
+    ).json()
+    assert body["downsampled"] is True and body["count"] == 20_000
+    losses = [e for e in body["epochs"] if "train_loss" in e["metrics"]]
+    accuracies = [e for e in body["epochs"] if "val_accuracy" in e["metrics"]]
+    assert 400 <= len(losses) <= 500 and 400 <= len(accuracies) <= 500
+    assert any(e["epoch"] == 12_345 for e in losses)
+    assert losses[0]["epoch"] == 1 and losses[-1]["epoch"] == 20_000
+    epochs = [e["epoch"] for e in body["epochs"]]
+    assert epochs == sorted(set(epochs))
+
+
+def test_a_session_that_fits_is_not_thinned(alice_client, trained):
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{trained.pk}?maxPoints=1000"
+    ).json()
+    assert body["downsampled"] is False
+    assert [e["epoch"] for e in body["epochs"]] == [1, 2, 3, 4, 5]
+
+
+def test_a_zoom_range_returns_finer_points(alice_client, make_session):
+    session = make_session(total_epochs=20_000)
+    _bulk_epochs(session, 20_000)
+    url = f"/api/ml/training-metrics/{session.pk}?from=1000&to=1400&maxPoints=1000"
+    body = alice_client.get(url).json()
+    assert body["downsampled"] is False and body["count"] == 401
+    assert [e["epoch"] for e in body["epochs"]] == list(range(1000, 1401))
+
+
+def test_it_rejects_a_reversed_range(alice_client, trained):
+    response = alice_client.get(f"/api/ml/training-metrics/{trained.pk}?from=4&to=2")
+    assert response.status_code == 400
+    assert "from" in response.json()["fields"]
+
+
+@pytest.mark.parametrize("value", ["x", "1", "-5"])
+def test_it_rejects_a_bad_max_points(alice_client, trained, value):
+    response = alice_client.get(
+        f"/api/ml/training-metrics/{trained.pk}?maxPoints={value}"
+    )
+    assert response.status_code == 400
+    assert "maxPoints" in response.json()["fields"]
+
+
+def test_thinned_rows_keep_extra_metrics_and_timestamps(alice_client, make_session):
+    from sessions.models import EpochMetric
+
+    session = make_session(total_epochs=5000)
+    EpochMetric.objects.bulk_create(
+        EpochMetric(
+            session=session,
+            epoch=epoch,
+            train_loss=1 / epoch,
+            extra={"gpu_temp": 60 + epoch % 9} if epoch % 10 == 0 else {},
+        )
+        for epoch in range(1, 5001)
+    )
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{session.pk}?maxPoints=100"
+    ).json()
+    temps = [e for e in body["epochs"] if "gpu_temp" in e["metrics"]]
+    assert 2 <= len(temps) <= 100
+    assert all(e["time"] for e in body["epochs"])
+
+
+def test_after_and_from_together_start_at_the_later_one(alice_client, trained):
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{trained.pk}?after=3&from=2&to=5"
+    ).json()
+    assert [e["epoch"] for e in body["epochs"]] == [4, 5]

@@ -1,5 +1,5 @@
-// Shared by the pages that show training live: the WebSocket with reconnect, the
-// API fetches that backfill what a socket missed, and the metric charts.
+// Shared by the pages that show training: the WebSocket with reconnect, the API
+// fetches that backfill what a socket missed, and the metric charts.
 "use strict";
 
 window.MLTrack = (function () {
@@ -8,17 +8,15 @@ window.MLTrack = (function () {
     train_accuracy: "#2563eb", val_accuracy: "#dc2626",
     learning_rate: "#7c3aed", precision: "#059669", recall: "#d97706", f1: "#db2777",
   };
+  // Distinct colours for overlaid sessions on the Compare page.
+  const PALETTE = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777",
+    "#0891b2", "#4b5563"];
 
   async function fetchJson(url) {
     const response = await fetch(url, { credentials: "same-origin",
       headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error(url + " answered " + response.status);
     return response.json();
-  }
-
-  function csrfToken() {
-    const match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
   }
 
   function formatSeconds(seconds) {
@@ -37,8 +35,13 @@ window.MLTrack = (function () {
       this.handlers = handlers;
       this.delay = 500;
       this.indicator = document.getElementById("connection");
+      if (this.indicator) this.indicator.hidden = false;
       this.connect();
       window.addEventListener("online", () => this.retryNow());
+      // A laptop waking up: timers were frozen, try at once rather than after the delay.
+      document.addEventListener("visibilitychange", () => {
+        if (document.visibilityState === "visible") this.retryNow();
+      });
     }
 
     url() {
@@ -46,10 +49,10 @@ window.MLTrack = (function () {
       return scheme + "//" + location.host + this.path;
     }
 
-    setState(state) {
+    setState(state, label) {
       if (!this.indicator) return;
       this.indicator.dataset.state = state;
-      this.indicator.textContent = state;
+      this.indicator.textContent = label || state;
     }
 
     connect() {
@@ -72,14 +75,16 @@ window.MLTrack = (function () {
           this.setState("refused");
           return;
         }
-        this.setState("reconnecting");
+        const seconds = Math.round(this.delay / 100) / 10;
+        this.setState("reconnecting", "reconnecting in " + seconds + "s");
         this.timer = setTimeout(() => this.connect(), this.delay);
-        this.delay = Math.min(this.delay * 2, 10000);
+        // Backoff with jitter, so many pages do not reconnect in lockstep.
+        this.delay = Math.min(this.delay * 2, 10000) * (0.8 + Math.random() * 0.4);
       };
     }
 
     retryNow() {
-      if (this.socket && this.socket.readyState === WebSocket.OPEN) return;
+      if (this.socket && this.socket.readyState <= WebSocket.OPEN) return;
       clearTimeout(this.timer);
       this.connect();
     }
@@ -92,66 +97,229 @@ window.MLTrack = (function () {
       this.sessionId = sessionId;
       this.byEpoch = new Map();
       this.last = 0;
+      this.cache = null;
     }
     add(row) {
       if (this.byEpoch.has(row.epoch)) return false;
       this.byEpoch.set(row.epoch, row);
       this.last = Math.max(this.last, row.epoch);
+      this.cache = null;
       return true;
     }
     sorted() {
-      return Array.from(this.byEpoch.values()).sort((a, b) => a.epoch - b.epoch);
+      if (!this.cache) {
+        this.cache = Array.from(this.byEpoch.values()).sort((a, b) => a.epoch - b.epoch);
+      }
+      return this.cache;
     }
     hasGapBefore(epoch) {
       return epoch > this.last + 1;
     }
+    get size() {
+      return this.byEpoch.size;
+    }
   }
 
-  // A line chart of some metrics against the epoch.
+  // TensorBoard's smoothing: an exponential moving average, debiased so the first
+  // points are not pulled towards zero.
+  function smooth(points, weight) {
+    if (!weight) return points;
+    let last = 0, count = 0;
+    return points.map((p) => {
+      last = last * weight + (1 - weight) * p.y;
+      count++;
+      return { x: p.x, y: last / (1 - Math.pow(weight, count)) };
+    });
+  }
+
+  // Paint the PNG export white: a transparent chart is unreadable in most viewers.
+  const whiteBackground = {
+    id: "whiteBackground",
+    beforeDraw(chart) {
+      const ctx = chart.ctx;
+      ctx.save();
+      ctx.globalCompositeOperation = "destination-over";
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, chart.width, chart.height);
+      ctx.restore();
+    },
+  };
+
+  // A line chart of some metrics against the epoch or the elapsed time, with EMA
+  // smoothing, a log scale and drag-to-zoom. `series` are [{label, metric, color}]
+  // over rows {epoch, metrics, time}; a chart of one session passes metric names.
   class MetricChart {
     constructor(canvas, metrics, options) {
-      options = options || {};
-      this.metrics = metrics;
+      this.options = options || {};
+      this.series = metrics.map((m) => typeof m === "string"
+        ? { label: m, metric: m, color: COLORS[m] || "#555" } : m);
+      this.rows = this.series.map(() => []);
+      this.smoothing = 0;
+      this.xAxis = "epoch";
+      this.startedAt = this.series.map(() => null);
+      const datasets = [];
+      this.series.forEach((s) => {
+        datasets.push({ label: s.label, data: [], borderColor: s.color,
+          backgroundColor: s.color, borderWidth: 1.5, pointRadius: 0, tension: 0,
+          spanGaps: true, parsing: false, normalized: true });
+      });
+      // Faint raw curves behind the smoothed ones, as in TensorBoard.
+      this.series.forEach((s) => {
+        datasets.push({ label: s.label + " (raw)", raw: true, data: [],
+          borderColor: s.color + "40", backgroundColor: s.color + "40", borderWidth: 1,
+          pointRadius: 0, tension: 0, spanGaps: true, parsing: false, normalized: true,
+          hidden: true });
+      });
       this.chart = new Chart(canvas, {
         type: "line",
-        data: {
-          datasets: metrics.map((name) => ({
-            label: name, data: [], borderColor: COLORS[name] || "#555",
-            backgroundColor: COLORS[name] || "#555", borderWidth: 1.5,
-            pointRadius: 0, tension: 0, spanGaps: true, parsing: false,
-          })),
-        },
+        data: { datasets },
+        plugins: [whiteBackground],
         options: {
           animation: false, responsive: true, maintainAspectRatio: false,
-          interaction: { mode: "index", intersect: false },
+          interaction: { mode: "nearest", axis: "x", intersect: false },
           scales: {
             x: { type: "linear", title: { display: true, text: "epoch" } },
-            y: { type: options.logScale ? "logarithmic" : "linear",
-                 suggestedMin: options.min, suggestedMax: options.max },
+            y: { type: "linear", suggestedMin: this.options.min,
+                 suggestedMax: this.options.max },
           },
-          plugins: { legend: { position: "bottom" } },
+          plugins: {
+            legend: { position: "bottom",
+              labels: { filter: (item, data) => !data.datasets[item.datasetIndex].raw } },
+            decimation: { enabled: false },
+          },
         },
       });
+      if (this.options.onZoom) this.enableDragZoom(canvas);
     }
-    setRows(rows) {
-      this.chart.data.datasets.forEach((dataset, i) => {
-        const name = this.metrics[i];
-        dataset.data = rows.filter((r) => r.metrics[name] !== null && r.metrics[name] !== undefined)
-          .map((r) => ({ x: r.epoch, y: r.metrics[name] }));
-      });
-      this.chart.update("none");
+
+    // One session: the same rows feed every series.
+    setRows(rows, startedAt) {
+      const copy = rows.slice();
+      this.rows = this.series.map(() => copy);
+      if (startedAt !== undefined) this.startedAt = this.series.map(() => startedAt);
+      this.redraw();
     }
+
+    // Several sessions (Compare): rows and start time per series.
+    setSeriesRows(rowsPerSeries, startedAtPerSeries) {
+      this.rows = rowsPerSeries;
+      this.startedAt = startedAtPerSeries;
+      this.redraw();
+    }
+
     append(row) {
-      this.chart.data.datasets.forEach((dataset, i) => {
-        const value = row.metrics[this.metrics[i]];
-        if (value !== null && value !== undefined) dataset.data.push({ x: row.epoch, y: value });
+      this.series.forEach((s, i) => {
+        const rows = this.rows[i];
+        if (!rows.length || rows[rows.length - 1].epoch < row.epoch) {
+          if (i === 0 || this.rows[i] !== this.rows[0]) rows.push(row);
+        }
+      });
+      this.redraw();
+    }
+
+    xOf(row, i) {
+      if (this.xAxis === "time" && row.time && this.startedAt[i]) {
+        return (Date.parse(row.time) - this.startedAt[i]) / 1000;
+      }
+      return row.epoch;
+    }
+
+    points(i) {
+      const metric = this.series[i].metric;
+      const points = [];
+      this.rows[i].forEach((r) => {
+        const y = r.metrics[metric];
+        if (y !== null && y !== undefined) points.push({ x: this.xOf(r, i), y: y });
+      });
+      return points;
+    }
+
+    redraw() {
+      const count = this.series.length;
+      this.series.forEach((s, i) => {
+        const raw = this.points(i);
+        this.chart.data.datasets[i].data = smooth(raw, this.smoothing);
+        const shadow = this.chart.data.datasets[count + i];
+        shadow.data = this.smoothing ? raw : [];
+        shadow.hidden = !this.smoothing;
       });
       this.chart.update("none");
     }
+
+    setSmoothing(weight) {
+      this.smoothing = Math.min(0.999, Math.max(0, weight));
+      this.redraw();
+    }
+
+    setLogScale(on) {
+      this.chart.options.scales.y.type = on ? "logarithmic" : "linear";
+      this.redraw();
+    }
+
+    setXAxis(mode) {
+      this.xAxis = mode;
+      this.chart.options.scales.x.title.text = mode === "time" ? "elapsed seconds" : "epoch";
+      this.setXRange(null, null);
+    }
+
+    setXRange(min, max) {
+      const x = this.chart.options.scales.x;
+      if (min === null) { delete x.min; delete x.max; } else { x.min = min; x.max = max; }
+      this.redraw();
+    }
+
+    // The epochs drawn between two x values (x may be seconds).
+    epochsBetween(from, to) {
+      const epochs = [];
+      this.rows.forEach((rows, i) => rows.forEach((r) => {
+        const x = this.xOf(r, i);
+        if (x >= from && x <= to) epochs.push(r.epoch);
+      }));
+      if (!epochs.length) return null;
+      return [Math.min.apply(null, epochs), Math.max.apply(null, epochs)];
+    }
+
+    enableDragZoom(canvas) {
+      const box = canvas.parentElement;
+      const band = document.createElement("div");
+      band.className = "zoom-band";
+      band.hidden = true;
+      box.append(band);
+      let start = null;
+      canvas.addEventListener("pointerdown", (event) => {
+        if (event.button !== 0) return;
+        start = event.offsetX;
+        band.style.left = start + "px";
+        band.style.width = "0px";
+        band.hidden = false;
+      });
+      canvas.addEventListener("pointermove", (event) => {
+        if (start === null) return;
+        band.style.left = Math.min(start, event.offsetX) + "px";
+        band.style.width = Math.abs(event.offsetX - start) + "px";
+      });
+      const finish = (event) => {
+        if (start === null) return;
+        const end = event.offsetX;
+        band.hidden = true;
+        const from = Math.min(start, end), to = Math.max(start, end);
+        start = null;
+        if (to - from < 6) return;
+        const scale = this.chart.scales.x;
+        this.options.onZoom(scale.getValueForPixel(from), scale.getValueForPixel(to), this);
+      };
+      canvas.addEventListener("pointerup", finish);
+      canvas.addEventListener("pointerleave", finish);
+    }
+
+    pngDataUrl() {
+      return this.chart.toBase64Image("image/png", 1);
+    }
+
     pointCounts() {
-      return this.chart.data.datasets.map((d) => d.data.length);
+      return this.series.map((s, i) => this.chart.data.datasets[i].data.length);
     }
   }
 
-  return { fetchJson, csrfToken, formatSeconds, LiveSocket, EpochStore, MetricChart };
+  return { fetchJson, formatSeconds, LiveSocket, EpochStore, MetricChart, PALETTE, smooth };
 })();

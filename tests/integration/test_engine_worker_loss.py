@@ -88,7 +88,7 @@ def test_a_killed_worker_leaves_no_session_running(workers, make_session):
 
 def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_session):
     queue = new_queue()
-    workers(
+    worker = workers(
         "capped",
         queue=queue,
         pool="prefork",
@@ -107,9 +107,11 @@ def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_sess
     running = wait_for(one_running, 120)
     waiting = next(s for s in sessions if s.pk != running.pk)
     # Watch for a while: the running session moves on, the other keeps its place
-    # even though the worker has a free process and retries every second.
+    # even though the worker has a free process and retries every second (more
+    # often than Celery's default limit of 3 retries).
     epoch = reloaded(running).current_epoch
     wait_for(lambda: reloaded(running).current_epoch >= epoch + 5, 120)
+    wait_for(lambda: worker.log.read_text().count("retry: Retry in") >= 5, 120)
     assert reloaded(waiting).status == Status.QUEUED
     assert waiting.as_dict()["queuePosition"] == 1
     assert running.as_dict()["queuePosition"] is None
@@ -120,3 +122,30 @@ def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_sess
     assert waiting.as_dict()["queuePosition"] is None
     waiting.request_stop()
     wait_for(lambda: reloaded(waiting).status == Status.STOPPED, 120)
+
+
+def test_a_session_waiting_on_a_killed_worker_runs_on_the_next_one(
+    workers, make_session
+):
+    queue = new_queue()
+    capped = {
+        "MLTRACK_MAX_CONCURRENT_RUNS": "1",
+        "MLTRACK_QUEUE_RETRY_SECONDS": "1",
+        # With the default (300 s) the reserved message would come back too late
+        # for this test; with 3600 s this test fails.
+        "MLTRACK_REDELIVERY_SECONDS": "10",
+    }
+    first = workers("first", queue=queue, pool="prefork", concurrency=2, **capped)
+    lost = long_run(make_session)
+    waiting = make_session(model_type="logistic", dataset="iris", total_epochs=3)
+    run_training.apply_async((lost.pk,), queue=queue)
+    wait_for(lambda: reloaded(lost).current_epoch >= 2, 120)
+    run_training.apply_async((waiting.pk,), queue=queue)
+    # The waiting session's retry message sits reserved inside the first worker.
+    wait_for(lambda: first.log.read_text().count("retry: Retry in") >= 2, 120)
+
+    first.kill()
+    workers("second", queue=queue, **capped)
+    wait_for(lambda: reloaded(lost).status == Status.FAILED, 120, every=1)
+    wait_for(lambda: reloaded(waiting).status == Status.COMPLETED, 120, every=1)
+    assert waiting.epochs.count() == 3

@@ -131,7 +131,8 @@ class Viewer:
                 TimeoutError,
                 OSError,
                 websockets.ConnectionClosed,
-                websockets.InvalidStatus,
+                websockets.InvalidHandshake,
+                EOFError,
                 urllib.error.URLError,
             ):
                 await asyncio.sleep(delay)  # reconnect with backoff, as the page does

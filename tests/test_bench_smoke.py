@@ -1,0 +1,38 @@
+"""The benchmarks must keep working as the code changes: run the smallest one in
+--quick mode, end to end (its own redis-server, database and daphne), and check it
+printed figures and wrote a report. Figures are never compared with a time limit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_quick_reading_bench_measures_and_writes_a_report(tmp_path: Path) -> None:
+    report = tmp_path / "PERFORMANCE.md"
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "bench/run_all.py",
+            "--quick",
+            "--only",
+            "reading",
+            "--databases",
+            "sqlite",
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "full history JSON, 2,000 epochs x 8 metrics: median" in finished.stdout
+    text = report.read_text()
+    assert "## Targets (issue 8)" in text
+    assert "| full history JSON, 2,000 epochs x 8 metrics | sqlite |" in text
+    assert "SQLite" in text and "Django" in text
