@@ -191,3 +191,26 @@ def test_the_progress_line_shows_epoch_metrics_and_time_left(make_session):
     session.record_epoch(6, {"val_loss": 2e-05, "val_accuracy": 1.0})
     session.refresh_from_db()
     assert "loss 2e-05  acc 1.0000" in progress_line(session)
+
+
+def test_it_trains_on_a_csv_file(root, tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    rows = ["size,weight,kind"] + [
+        f"{i},{i * 2 + (i % 3)},{'big' if i > 10 else 'small'}" for i in range(1, 21)
+    ]
+    path = tmp_path / "things.csv"
+    path.write_text("\n".join(rows) + "\n")
+    start("logistic", "--dataset=csv", f"--csv={path}", "--target-column=kind")
+    session = TrainingSession.objects.get()
+    assert session.dataset == "csv" and session.target_column == "kind"
+    assert session.data_file.read().decode() == path.read_text()
+
+
+def test_a_csv_without_its_target_column_gets_the_apis_message(root, tmp_path):
+    path = tmp_path / "things.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(CommandError, match="Name the column that holds the classes"):
+        start("logistic", "--dataset=csv", f"--csv={path}")
+    with pytest.raises(CommandError, match="--csv: no such file"):
+        start("logistic", "--dataset=csv", f"--csv={tmp_path / 'nope.csv'}")
+    assert not TrainingSession.objects.exists()

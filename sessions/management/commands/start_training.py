@@ -3,10 +3,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils.timezone import now
@@ -52,6 +55,14 @@ class Command(BaseCommand):
             "JSON when it parses (5, 0.1, true, null), else as text (sqrt, 64,32).",
         )
         parser.add_argument(
+            "--csv",
+            metavar="PATH",
+            help="A CSV file to train on, with --dataset csv and --target-column",
+        )
+        parser.add_argument(
+            "--target-column", metavar="NAME", help="The CSV column holding the classes"
+        )
+        parser.add_argument(
             "--user",
             help="Owner of the session (default: the only superuser)",
         )
@@ -61,18 +72,28 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         owner = self.owner(options["user"])
-        form = StartTrainingForm(
-            {
-                "modelType": options["model_type"],
-                "dataset": options["dataset"] or "",
-                "epochs": options["epochs"] or "",
-                "params": parse_params(options["param"]),
-            }
-        )
-        if not form.is_valid():
-            # The API's message, word for word.
-            raise CommandError("; ".join(form.field_errors().values()))
-        session = form.save(owner=owner)
+        with ExitStack() as opened:
+            files = {}
+            if options["csv"]:
+                path = Path(options["csv"])
+                if not path.is_file():
+                    raise CommandError(f"--csv: no such file {str(path)!r}")
+                handle = opened.enter_context(path.open("rb"))
+                files["csvFile"] = File(handle, name=path.name)
+            form = StartTrainingForm(
+                {
+                    "modelType": options["model_type"],
+                    "dataset": options["dataset"] or "",
+                    "epochs": options["epochs"] or "",
+                    "params": parse_params(options["param"]),
+                    "targetColumn": options["target_column"] or "",
+                },
+                files,
+            )
+            if not form.is_valid():
+                # The API's message, word for word.
+                raise CommandError("; ".join(form.field_errors().values()))
+            session = form.save(owner=owner)
         events.push_status(session, "training_status")
         label = catalog.MODEL_TYPES[session.model_type].label
         self.stdout.write(
