@@ -72,6 +72,8 @@ class Services:
             ALLOWED_HOSTS="127.0.0.1,localhost",
             LOG_LEVEL="WARNING",
             PYTHONUNBUFFERED="1",
+            # The live bench trains 10 runs at once; the default cap is lower.
+            MLTRACK_MAX_CONCURRENT_RUNS="10",
         )
         self.worker: Any = None
         self.daphnes: list[tuple[Any, int]] = []
