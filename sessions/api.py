@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
@@ -101,8 +101,9 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 return error_response(
                     413, f"Request body too large: at most {limit} bytes"
                 )
-            except OperationalError:
-                # "database is locked" and dropped connections pass: ask for a retry.
+            except (OperationalError, InterfaceError):
+                # "database is locked", a lock timeout or a dropped connection
+                # passes: ask for a retry.
                 logger.warning(
                     "API %s: database unavailable", request.path, exc_info=True
                 )
@@ -314,9 +315,11 @@ def real_time_updates(request: HttpRequest) -> JsonResponse:
             "events": [event.as_dict() for event in page],
             "cursor": cursor,
             "hasMore": has_more,
-            # Events after the cursor were pruned: reload the state from
-            # training-data before following the stream again.
-            "missed": oldest is not None and since + 1 < oldest,
+            # Events after the cursor may have been pruned: everything up to it is
+            # gone. Reload the state from training-data, then follow the stream.
+            # (Ids are not contiguous, PostgreSQL's sequences skip, so a new
+            # client's cursor of 0 has missed nothing.)
+            "missed": oldest is not None and 0 < since < oldest,
         }
     )
 

@@ -101,14 +101,46 @@ def test_an_unknown_api_path_is_a_json_404(alice_client):
     assert response.json()["error"] == "No API endpoint at /api/ml/nothing-here"
 
 
+@pytest.mark.django_db(transaction=True)
 def test_a_database_failure_is_a_json_503_not_a_page(alice_client, make_session):
     from django.db import connection
 
     session = make_session()
-    # A real failure: the table the view reads is gone for this transaction.
-    with connection.cursor() as cursor:
-        cursor.execute("ALTER TABLE training_trainingsession RENAME TO moved_away")
-    response = alice_client.get(f"/api/ml/training-session/{session.pk}")
+    url = f"/api/ml/training-session/{session.pk}"
+    if connection.vendor == "postgresql":
+        # A real lock: another connection holds the table the view reads, and this
+        # connection gives up waiting after 200 ms.
+        import psycopg
+
+        db = connection.settings_dict
+        other = psycopg.connect(
+            dbname=db["NAME"],
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+        )
+        other.execute("LOCK TABLE training_trainingsession IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        try:
+            response = alice_client.get(url)
+        finally:
+            other.rollback()
+            other.close()
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+    else:
+        # A real failure: the table the view reads is gone.
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE training_trainingsession RENAME TO moved_away")
+        try:
+            response = alice_client.get(url)
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "ALTER TABLE moved_away RENAME TO training_trainingsession"
+                )
     assert response.status_code == 503
     assert response["Retry-After"] == "1"
     assert "retry" in response.json()["error"]
