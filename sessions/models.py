@@ -13,17 +13,11 @@ from django.urls import reverse
 from django.utils.timezone import now
 
 from sessions import catalog
+from sessions.training import METRIC_NAMES
 
-STANDARD_METRICS = (
-    "train_loss",
-    "val_loss",
-    "train_accuracy",
-    "val_accuracy",
-    "learning_rate",
-    "precision",
-    "recall",
-    "f1",
-)
+# The trainer's metric names are the EpochMetric columns (training.py imports
+# scikit-learn only inside its functions, so this import stays light).
+STANDARD_METRICS = METRIC_NAMES
 
 
 class TrainingSessionQuerySet(models.QuerySet):

@@ -83,6 +83,14 @@ def alice_client(client, alice):
 
 
 @pytest.fixture
+def auth(alice):
+    """Headers that authenticate as alice with a fresh API token."""
+    from sessions.models import ApiToken
+
+    return {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(alice)[1]}"}
+
+
+@pytest.fixture
 def make_session(alice):
     from sessions.models import TrainingSession
 
@@ -256,6 +264,24 @@ def page(browser, request):
         path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True
     )
     context.close()
+
+
+def call_api(running: Stack, method: str, path: str, token: str, body=None):
+    """One JSON API call over HTTP to a Stack's daphne, as a bearer-token client."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        running.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def login(page, base_url: str, username: str, password: str) -> None:

@@ -8,11 +8,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def auth(alice):
-    return {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(alice)[1]}"}
-
-
-@pytest.fixture
 def run(alice):
     return TrainingSession.objects.start_external(alice, "run", {}, 10, "custom")
 

@@ -2,15 +2,10 @@ import json
 
 import pytest
 
-from sessions.models import ApiToken, TrainingEvent, TrainingSession
+from sessions.models import TrainingEvent, TrainingSession
 
 pytestmark = pytest.mark.django_db
 URL = "/api/ml/runs"
-
-
-@pytest.fixture
-def auth(alice):
-    return {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(alice)[1]}"}
 
 
 def post(client, body, auth):

@@ -16,6 +16,7 @@ import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
 from tests.conftest import ROOT, Stack, stack
+from tests.conftest import call_api as call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,20 +58,6 @@ def own_stack(redis_server, tmp_path):
     running = Stack(redis_server.url, tmp_path).start()
     yield running
     running.stop()
-
-
-def call(stack_, method, path, token, body=None):
-    request = urllib.request.Request(
-        stack_.url + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 class Viewer:

@@ -5,28 +5,14 @@ import asyncio
 import json
 import statistics
 import time
-import urllib.request
 
 import pytest
 import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
+from tests.conftest import call_api
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def api(stack, method, path, token, body=None):
-    request = urllib.request.Request(
-        stack.url + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return response.status, json.loads(response.read())
 
 
 async def watch_run(stack, token, body):
@@ -36,10 +22,10 @@ async def watch_run(stack, token, body):
     async with websockets.connect(
         ws_url, additional_headers={"Authorization": f"Bearer {token}"}
     ) as socket:
-        status, created = await asyncio.to_thread(
-            api, stack, "POST", "/api/ml/start-training", token, body
+        created = await asyncio.to_thread(
+            call_api, stack, "POST", "/api/ml/start-training", token, body
         )
-        assert status == 201
+        assert created["session"]["status"] == "queued"
         session_id = created["session"]["id"]
         while True:
             raw = await asyncio.wait_for(socket.recv(), timeout=120)
@@ -99,8 +85,8 @@ def test_stopping_a_run_keeps_its_finished_epochs(live_stack, alice):
         async with websockets.connect(
             ws_url, additional_headers={"Authorization": f"Bearer {token}"}
         ) as socket:
-            _, created = await asyncio.to_thread(
-                api,
+            created = await asyncio.to_thread(
+                call_api,
                 live_stack,
                 "POST",
                 "/api/ml/start-training",
@@ -112,7 +98,7 @@ def test_stopping_a_run_keeps_its_finished_epochs(live_stack, alice):
                 event = json.loads(await asyncio.wait_for(socket.recv(), timeout=120))
                 if event["type"] == "training_progress" and event["epoch"] == 3:
                     await asyncio.to_thread(
-                        api,
+                        call_api,
                         live_stack,
                         "POST",
                         f"/api/ml/stop-training/{session_id}",

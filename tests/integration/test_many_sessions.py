@@ -7,7 +7,7 @@ import pytest
 
 from sessions.models import ApiToken, TrainingSession
 from tests.conftest import REDIS_URL, Stack
-from tests.integration.test_faults import call
+from tests.conftest import call_api as call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
