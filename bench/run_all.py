@@ -304,7 +304,12 @@ def report(figures: list[Figure], context: dict[str, Any]) -> str:
         "",
         "Written by `scripts/bench` (bench/run_all.py): run it again, do not edit.",
         "",
-        f"Measured {context['date']} in {context['seconds']:.0f} s. Each figure is the "
+        (
+            f"Rebuilt {context['date']} from the figures its runs saved."
+            if context.get("saved")
+            else f"Measured {context['date']} in {context['seconds']:.0f} s."
+        )
+        + " Each figure is the "
         "median of several runs, with the min and max of those runs and their count n.",
         "",
         "## Machine",
@@ -479,6 +484,7 @@ def main() -> None:
         ]
         context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
         figures += run_json(command, out, args.saved)
+    context["saved"] = args.saved
     if args.saved:
         context["commands"].append("# figures loaded from the last run of the above")
     for extra in args.add:
