@@ -144,6 +144,7 @@ class Stack:
             DEBUG="1",
             PYTHONUNBUFFERED="1",
         )
+        self.env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         self.workers: list = []
         self.daphne = None
 
@@ -230,7 +231,16 @@ def browser():
 
     # Playwright's sync API keeps an event loop running in this thread; Django's
     # ORM, used by the fixtures alongside it, is safe here because nothing else runs.
+    # Only for this process and only while the browser runs: the processes the
+    # tests start must keep Django's async-safety checks.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
+    try:
+        yield from _launch_chromium(sync_playwright)
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def _launch_chromium(sync_playwright):
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=os.getenv("CHROMIUM", "/usr/bin/chromium"),

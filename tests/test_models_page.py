@@ -42,7 +42,9 @@ def test_it_shows_the_training_tab_with_the_focus_sessions_history(
 def test_active_sessions_have_a_stop_button_and_diagnostics(alice_client, make_session):
     running = make_session()
     running.mark_running("t")
-    TrainingSession.objects.filter(pk=running.pk).update(diagnostics=["overfitting"])
+    TrainingSession.objects.filter(pk=running.pk).update(
+        diagnostics=[{"kind": "overfitting", "epoch": 9, "message": "Val loss rose"}]
+    )
     stopping = make_session()
     stopping.mark_running("t")
     stopping.request_stop()
@@ -131,3 +133,14 @@ def test_a_long_focus_session_is_thinned_in_the_page(alice_client, make_session)
     assert data["downsampled"] is True
     losses = [e for e in data["focusEpochs"] if "train_loss" in e["metrics"]]
     assert 900 <= len(losses) <= 1000
+
+
+def test_diagnostics_badges_name_the_condition(alice_client, make_session):
+    session = make_session()
+    session.mark_running("t")
+    session.set_diagnostics(
+        [{"kind": "plateau", "epoch": 7, "message": "Validation loss has not improved"}]
+    )
+    html = alice_client.get("/?tab=training").content.decode()
+    assert ">plateau</span>" in html
+    assert 'title="Validation loss has not improved (from epoch 7)"' in html

@@ -93,7 +93,11 @@
 
   function badges(s) {
     const list = [element("span", "badge status-" + s.status, s.status)];
-    (s.diagnostics || []).forEach((d) => list.push(element("span", "badge diagnostic", d)));
+    (s.diagnostics || []).forEach((d) => {
+      const badge = element("span", "badge diagnostic", d.kind);
+      badge.title = d.message + " (from epoch " + d.epoch + ")";
+      list.push(badge);
+    });
     return list;
   }
 
@@ -135,24 +139,37 @@
 
   function renderActive() {
     const list = document.getElementById("active-sessions");
-    const focused = document.activeElement;
-    const focusedSession = focused && list.contains(focused)
-      ? focused.closest("li").dataset.session : null;
-    list.replaceChildren();
     if (active.size === 0) {
-      list.append(element("li", "empty", "Nothing is training."));
+      list.replaceChildren(element("li", "empty", "Nothing is training."));
       return;
     }
-    Array.from(active.values()).sort((a, b) => b.id - a.id).forEach((s) => {
-      list.append(activeItem(s));
+    const empty = list.querySelector("li.empty");
+    if (empty) empty.remove();
+    const ids = new Set(Array.from(active.keys(), String));
+    list.querySelectorAll("li[data-session]").forEach((item) => {
+      if (!ids.has(item.dataset.session)) item.remove();
     });
-    // Keep keyboard focus on the same session's control across re-renders.
-    if (focusedSession) {
-      const again = list.querySelector('li[data-session="' + focusedSession + '"] button, ' +
-        'li[data-session="' + focusedSession + '"] a');
-      if (again) again.focus();
-    }
+    // Update items in place: a fast run sends many events a second, and a
+    // replaced Stop button would swallow the click (or the keyboard focus) of a
+    // user who is pressing it.
+    Array.from(active.values()).sort((a, b) => b.id - a.id).forEach((s, index) => {
+      let item = list.querySelector('li[data-session="' + s.id + '"]');
+      if (item) updateActiveItem(item, s);
+      else item = activeItem(s);
+      if (list.children[index] !== item) list.insertBefore(item, list.children[index] || null);
+    });
     renderClock();
+  }
+
+  function updateActiveItem(item, s) {
+    const fresh = activeItem(s);
+    for (const part of [".active-head", ".progress", ".facts"]) {
+      item.querySelector(part).replaceWith(fresh.querySelector(part));
+    }
+    const button = item.querySelector(".stop-form button");
+    const waiting = s.status === "stopping" || stopping.has(s.id);
+    button.textContent = waiting ? "stopping..." : "Stop";
+    button.disabled = waiting;
   }
 
   function historyRow(s) {

@@ -106,7 +106,8 @@
     (session.diagnostics || []).forEach((d) => {
       const item = document.createElement("span");
       item.className = "badge diagnostic";
-      item.textContent = d;
+      item.textContent = d.kind;
+      item.title = d.message + " (from epoch " + d.epoch + ")";
       diagnostics.append(" ", item);
     });
     const stopForm = document.getElementById("stop-form");

@@ -88,6 +88,9 @@ def test_stop_shows_stopping_then_stopped(live_stack, page, alice):
         timeout=120_000,
     )
     session = TrainingSession.objects.get()
+    # Badges name each diagnostic (this noisy run plateaus), never "[object Object]".
+    assert "[object" not in page.text_content("#active-sessions")
+    # The run sends many events a second: the button must survive them to be clicked.
     stop = page.locator(f'#active-sessions li[data-session="{session.pk}"] button')
     stop.click()
     page.wait_for_selector("#focus-status.status-stopped", timeout=60_000)
