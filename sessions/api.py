@@ -129,7 +129,45 @@ def _json_body(request: HttpRequest) -> dict[str, Any]:
         raise ApiError(400, "The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object")
+    where = _unstorable_text(body)
+    if where is not None:
+        message = f"{where} contains a NUL character or an unpaired surrogate"
+        raise ApiError(400, message, {where: message})
     return body
+
+
+def _unstorable_text(value: Any, path: str = "") -> str | None:
+    """The path of the first key or string the database cannot store, or None.
+
+    JSON allows \\u0000 and lone surrogates; PostgreSQL stores neither, and
+    would fail the request with a 500 after validation passed.
+    """
+    if isinstance(value, str):
+        return None if _storable(value) else path or "body"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not _storable(key):
+                return path or "body"
+            found = _unstorable_text(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable_text(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _session_for_user(request: HttpRequest, session_id: int) -> TrainingSession:

@@ -101,3 +101,19 @@ def test_runs_show_on_the_models_page(alice_client):
     session_id = response.json()["session"]["id"]
     page = alice_client.get("/?tab=training").content.decode()
     assert f"#{session_id} external" in page
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ('{"name": "run", "params": {"note": "a\\u0000b"}}', "params.note"),
+        ('{"name": "x\\ud800y"}', "name"),
+        ('{"name": "run", "params": {"layers": [1, "\\u0000"]}}', "params.layers[1]"),
+    ],
+)
+def test_it_rejects_text_the_database_cannot_store(client, auth, raw, field):
+    # Found by the schemathesis run: PostgreSQL refused these after validation.
+    response = post(client, raw, auth)
+    assert response.status_code == 400
+    assert field in response.json()["fields"]
+    assert TrainingSession.objects.count() == 0
