@@ -368,6 +368,9 @@ class _MLPTrainer(_Trainer):
             shuffle=True,
             random_state=params["random_state"],
         )
+        import numpy as np
+
+        self.rng = np.random.default_rng(params["random_state"])
 
     def run_epoch(
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
@@ -381,7 +384,7 @@ class _MLPTrainer(_Trainer):
             self.model.learning_rate_init = rate
         else:
             optimizer.learning_rate_init = rate
-        self.model.partial_fit(X, y, classes=self.classes)
+        _one_pass(self.model, X, y, self.classes, self.rng, should_stop)
 
     def learning_rate(self, epoch: int) -> float | None:
         return scheduled_learning_rate(self.params, epoch, self.total_epochs)
@@ -405,15 +408,42 @@ class _LogisticTrainer(_Trainer):
     def run_epoch(
         self, epoch: int, X: Any, y: Any, should_stop: Callable[[], bool]
     ) -> None:
-        order = self.rng.permutation(len(y))
         self.model.eta0 = self.learning_rate(epoch)
-        self.model.partial_fit(X[order], y[order], classes=self.classes)
+        _one_pass(self.model, X, y, self.classes, self.rng, should_stop, shuffle=True)
 
     def learning_rate(self, epoch: int) -> float | None:
         return scheduled_learning_rate(self.params, epoch, self.total_epochs)
 
     def feature_importances(self) -> list[float] | None:
         return None
+
+
+# Rows per partial_fit call: an epoch over more rows is fed in chunks, so a stop
+# request is seen inside a long epoch too. Smaller data sets train in one call.
+CHUNK_ROWS = 10_000
+
+
+def _one_pass(
+    model: Any,
+    X: Any,
+    y: Any,
+    classes: Any,
+    rng: Any,
+    should_stop: Callable[[], bool],
+    shuffle: bool = False,
+) -> None:
+    """One epoch of partial_fit over (X, y), in chunks of CHUNK_ROWS rows."""
+    rows = len(y)
+    if rows <= CHUNK_ROWS:
+        order = rng.permutation(rows) if shuffle else slice(None)
+        model.partial_fit(X[order], y[order], classes=classes)
+        return
+    order = rng.permutation(rows)
+    for start in range(0, rows, CHUNK_ROWS):
+        if start and should_stop():
+            raise _StopInsideEpoch
+        chunk = order[start : start + CHUNK_ROWS]
+        model.partial_fit(X[chunk], y[chunk], classes=classes)
 
 
 TRAINERS: dict[str, type[_Trainer]] = {

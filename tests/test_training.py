@@ -234,3 +234,24 @@ def test_a_stop_request_is_seen_inside_a_long_boosting_epoch():
         "gradientboosting", epochs=2, stages_per_epoch=50, should_stop=should_stop
     )
     assert result.stopped and seen == [] and len(calls) == 3
+
+
+@pytest.mark.parametrize("model_type", ["logistic", "mlp"])
+def test_a_long_partial_fit_epoch_checks_the_stop_flag_between_chunks(model_type):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) >= 3  # epoch 1's start, after chunk 1, after chunk 2
+
+    seen = []
+    result = training.fit(
+        model_type,
+        "synthetic",
+        params(model_type, "synthetic", samples=60_000, features=10, classes=2),
+        5,
+        on_epoch=seen.append,
+        should_stop=should_stop,
+    )
+    assert result.stopped and result.epochs_done == 0 and seen == []
+    assert len(calls) == 3
