@@ -23,6 +23,7 @@
   const active = new Map(initial.active.map((s) => [s.id, s]));
   const statsBySession = new Map();
   const stopping = new Set();
+  const finished = new Set();
   let focus = initial.focus;
   let store = new EpochStore(focus ? focus.id : null);
   let live = true;
@@ -248,6 +249,10 @@
   function onEvent(event) {
     lastEventAt = Date.now();
     const s = event.session;
+    // A Stop's HTTP answer ("stopping") can arrive after the worker's
+    // training_stopped event: a finished session never goes back to active.
+    if (finished.has(s.id) && ACTIVE.includes(s.status)) return;
+    if (!ACTIVE.includes(s.status)) finished.add(s.id);
     if (event.stats) statsBySession.set(s.id, event.stats);
     if (!ACTIVE.includes(s.status)) stopping.delete(s.id);
     if (!live) return;

@@ -210,8 +210,9 @@
         headers: { "X-CSRFToken": page.csrf, Accept: "application/json" },
       });
       const body = await response.json();
-      if (response.ok) session = body.session;
-      else await backfill();
+      // The worker's training_stopped event may have come first: keep it.
+      if (response.ok && ACTIVE.includes(session.status)) session = body.session;
+      else if (!response.ok) await backfill();
       render();
     });
   }
@@ -220,6 +221,8 @@
     open: () => backfill().catch(console.warn),
     event: (event) => {
       if (event.session.id !== session.id) return;
+      // Never let a late "running"/"stopping" undo a finished state.
+      if (!ACTIVE.includes(session.status) && ACTIVE.includes(event.session.status)) return;
       lastEventAt = Date.now();
       const before = session.status;
       const hadStart = Boolean(session.startedAt);
