@@ -97,9 +97,13 @@ def start_worker(
     name: str = "worker",
     pool: str = "prefork",
     concurrency: int = 2,
+    extra_args: tuple[str, ...] = (),
+    new_session: bool = False,
 ) -> subprocess.Popen:
+    """A Celery worker process; `new_session` puts it and its pool in a process group
+    of their own, so a test can kill -9 the whole group."""
     out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the process
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -114,12 +118,17 @@ def start_worker(
             f"{name}@%h",
             "--without-gossip",
             "--without-mingle",
+            *extra_args,
         ],
         cwd=ROOT,
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT if out else None,
+        start_new_session=new_session,
     )
+    if out:
+        out.close()  # the child has its own copy
+    return process
 
 
 def start_daphne(env: dict, port: int, log: Path | None = None) -> subprocess.Popen:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REDIS_URL, ROOT, database_url_for_processes
+from tests.conftest import REDIS_URL, database_url_for_processes, stack
 
 
 def new_queue() -> str:
@@ -44,33 +43,15 @@ class Worker:
             PYTHONUNBUFFERED="1",
             **env,
         )
-        out = open(log, "ab")  # noqa: SIM115 - handed to the process
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "mltrack",
-                "worker",
-                "--loglevel=info",
-                f"--pool={pool}",
-                f"--concurrency={concurrency}",
-                "-Q",
-                queue,
-                "-n",
-                f"{log.stem}-{uuid.uuid4().hex[:6]}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = stack.start_worker(
+            environment,
+            log,
+            name=f"{log.stem}-{uuid.uuid4().hex[:6]}",
+            pool=pool,
+            concurrency=concurrency,
+            extra_args=("-Q", queue, "--without-heartbeat"),
+            new_session=True,
         )
-        out.close()
 
     def wait_ready(self, timeout: float = 120) -> Worker:
         wait_for(lambda: "ready." in self.log.read_text(errors="replace"), timeout)
