@@ -226,6 +226,12 @@ def make_run(user: Any, epochs: int, seed: int = 1) -> Any:
     return session
 
 
+def frame_events(raw: str) -> list[dict[str, Any]]:
+    """The events in one WebSocket frame: one, or several in a batch frame."""
+    frame = json.loads(raw)
+    return frame["events"] if frame.get("type") == "batch" else [frame]
+
+
 def ws_url(base: str, path: str) -> str:
     return base.replace("http://", "ws://") + path
 
@@ -271,9 +277,9 @@ async def _watch(
             # Stamp first, parse later: parsing here would delay the next stamp.
             arrivals.append((time.time(), raw))
             if not raw.startswith('{"type": "training_progress"'):
-                event = json.loads(raw)
-                if event.get("type") in FINAL_TYPES:
-                    finished.add(event["session"]["id"])
+                for event in frame_events(raw):
+                    if event.get("type") in FINAL_TYPES:
+                        finished.add(event["session"]["id"])
         return arrivals
 
     collectors = [asyncio.create_task(collect(s)) for s in sockets]
@@ -283,13 +289,13 @@ async def _watch(
     for socket in sockets:
         await socket.close()
     latencies = []
+    ids = set(state["ids"])
     for arrivals in gathered:
         for arrived, raw in arrivals:
-            event = json.loads(raw)
-            if event["type"] == "training_progress" and event["session"]["id"] in set(
-                state["ids"]
-            ):
-                latencies.append((arrived - event["savedAt"]) * 1000)
+            for event in frame_events(raw):
+                progress = event["type"] == "training_progress"
+                if progress and event["session"]["id"] in ids:
+                    latencies.append((arrived - event["savedAt"]) * 1000)
     return latencies
 
 
@@ -382,10 +388,8 @@ def _fanout_once(
         started = time.time()
         for epoch in range(1, burst + 1):
             data = dict(template, epoch=epoch, savedAt=time.time())
-            await layer.group_send(
-                events.session_group(session.pk),
-                {"type": events.EVENT_HANDLER, "data": data},
-            )
+            group = events.session_group(session.pk)
+            await layer.group_send(group, events.group_message(group, json.dumps(data)))
         return started
 
     started = asyncio.run(send_burst())

@@ -39,14 +39,15 @@ async def _viewers(
         deadline = time.monotonic() + timeout
         while received < expected:
             try:
-                await asyncio.wait_for(
+                raw = await asyncio.wait_for(
                     socket.recv(), max(0.01, deadline - time.monotonic())
                 )
             except TimeoutError:
                 break
             last = time.time()
             first = first or last
-            received += 1
+            # A batch frame carries several events: count events, not frames.
+            received += raw.count('"type": "training_progress"')
         return received, first, last
 
     counted = await asyncio.gather(*(count(s) for s in sockets))

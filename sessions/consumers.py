@@ -35,14 +35,17 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
             groups = [events.STAFF_GROUP]
         else:
             groups = [events.user_group(user.pk)]
+        # The process listens to the groups once for all its sockets (events.py).
+        fanout = events.local_fanout()
         for group in groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-        self.joined = groups
+            await fanout.join(group, self)
+            self.joined.append(group)
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
+        fanout = events.local_fanout()
         for group in self.joined:
-            await self.channel_layer.group_discard(group, self.channel_name)
+            await fanout.leave(group, self)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
@@ -51,9 +54,6 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(
             {"type": "error", "error": "This socket only sends events."}
         )
-
-    async def training_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["data"])
 
     @database_sync_to_async
     def _may_see(self, user: Any, session_id: int) -> bool:

@@ -12,12 +12,14 @@ nothing, Redis up or down.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
 import time
+import weakref
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -137,6 +139,11 @@ def push_epochs(
     _send(session, event)
 
 
+def group_message(group: str, text: str) -> dict[str, str]:
+    """The channel-layer message that carries one event's JSON text to a group."""
+    return {"type": EVENT_HANDLER, "group": group, "text": text}
+
+
 def _store(session: TrainingSession, event: TrainingEvent) -> None:
     """Append the event to the table the polling endpoint reads."""
     from sessions.models import TrainingEvent as StoredEvent
@@ -170,11 +177,12 @@ def _send(session: TrainingSession, event: TrainingEvent) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": EVENT_HANDLER, "data": event}
+    # Serialised once here, not once per viewer in every web process.
+    text = json.dumps(event)
 
     async def send_all() -> None:
         for group in groups_for(session):
-            await layer.group_send(group, message)
+            await layer.group_send(group, group_message(group, text))
 
     started = time.monotonic()
     try:
@@ -238,3 +246,147 @@ def _push_loop() -> asyncio.AbstractEventLoop:
             ).start()
             _loop, _loop_pid = loop, os.getpid()
         return _loop
+
+
+# ---------------------------------------------------------------- web processes
+
+
+class Viewer(Protocol):
+    """A WebSocket that shows events: the consumer."""
+
+    async def send(self, text_data: str | None = None) -> None: ...
+
+    async def close(self, code: int | None = None) -> None: ...
+
+
+# How often the process renews its group memberships: the Redis layer forgets a
+# member after its group_expiry (a day by default), even one that still listens.
+RENEW_GROUPS_SECONDS = 3600
+
+
+class LocalFanout:
+    """One web process's single listener on the channel layer.
+
+    When every socket joined the groups itself, the layer stored, sent and
+    dispatched each event once per viewer: 100 viewers of one run cost 100 Redis
+    round trips per epoch and held events back for seconds (bench/NOTES.md). Here
+    the process joins each group once, receives each event once and writes its
+    text to every local socket in the group. Events that arrive while it is still
+    writing go out together in one frame, {"type": "batch", "events": [...]}, so a
+    burst costs one frame per viewer instead of piling up behind itself.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.viewers: dict[str, set[Viewer]] = {}
+        self.pending: list[tuple[str, str]] = []
+        self.tasks: list[asyncio.Task] = []
+        self.flushing: asyncio.Task | None = None
+        self.lock = asyncio.Lock()
+
+    async def join(self, group: str, viewer: Viewer) -> None:
+        async with self.lock:
+            if self.channel is None:
+                self.channel = await self.layer.new_channel()
+                self.tasks = [
+                    asyncio.create_task(self._listen(self.channel)),
+                    asyncio.create_task(self._renew(self.channel)),
+                ]
+            if group not in self.viewers:
+                await self.layer.group_add(group, self.channel)
+                self.viewers[group] = set()
+            self.viewers[group].add(viewer)
+
+    async def leave(self, group: str, viewer: Viewer) -> None:
+        async with self.lock:
+            members = self.viewers.get(group)
+            if members is None:
+                return
+            members.discard(viewer)
+            if members or self.channel is None:
+                return
+            del self.viewers[group]
+            try:
+                await self.layer.group_discard(group, self.channel)
+            except Exception:  # Redis down: the membership expires by itself
+                logger.warning("Could not leave %s", group, exc_info=True)
+
+    async def _listen(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Redis went away: its groups may be gone with it. Close every
+                # socket; pages reconnect with backoff and backfill from the API.
+                logger.warning("Channel layer receive failed", exc_info=True)
+                await self._reset()
+                return
+            try:
+                self.pending.append((message["group"], message["text"]))
+            except (KeyError, TypeError):
+                logger.warning("Ignored a channel message without group and text")
+                continue
+            if self.flushing is None or self.flushing.done():
+                self.flushing = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.pending:
+            arrived, self.pending = self.pending, []
+            texts: dict[str, list[str]] = {}
+            for group, text in arrived:
+                texts.setdefault(group, []).append(text)
+            for group, group_texts in texts.items():
+                frame = (
+                    group_texts[0]
+                    if len(group_texts) == 1
+                    else '{"type": "batch", "events": [' + ", ".join(group_texts) + "]}"
+                )
+                for viewer in tuple(self.viewers.get(group, ())):
+                    try:
+                        await viewer.send(text_data=frame)
+                    except Exception:  # one broken socket must not starve the rest
+                        logger.debug("Could not send to a viewer", exc_info=True)
+
+    async def _renew(self, channel: str) -> None:
+        while True:
+            await asyncio.sleep(RENEW_GROUPS_SECONDS)
+            for group in tuple(self.viewers):
+                try:
+                    await self.layer.group_add(group, channel)
+                except Exception:
+                    logger.warning("Could not renew %s", group, exc_info=True)
+
+    async def _reset(self) -> None:
+        async with self.lock:
+            viewers = {v for members in self.viewers.values() for v in members}
+            self.viewers, self.pending, self.channel = {}, [], None
+            for task in self.tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+            self.tasks = []
+        for viewer in viewers:
+            try:
+                await viewer.close(code=CLOSE_TRY_AGAIN)
+            except Exception:
+                logger.debug("Could not close a viewer", exc_info=True)
+
+
+# "Try again later": the page reconnects with backoff.
+CLOSE_TRY_AGAIN = 1013
+
+# One fan-out per event loop: channel layers hold connections per loop too.
+_fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalFanout] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def local_fanout() -> LocalFanout:
+    """This process's (this event loop's) fan-out, made on first use."""
+    loop = asyncio.get_running_loop()
+    fanout = _fanouts.get(loop)
+    if fanout is None:
+        fanout = _fanouts[loop] = LocalFanout(get_channel_layer())
+    return fanout

@@ -276,6 +276,14 @@ def page(browser, request):
     context.close()
 
 
+def ws_events(raw: str) -> list[dict]:
+    """The events of one WebSocket frame: one event, or several in a batch frame."""
+    import json
+
+    frame = json.loads(raw)
+    return frame["events"] if frame.get("type") == "batch" else [frame]
+
+
 def call_api(running: Stack, method: str, path: str, token: str, body=None):
     """One JSON API call over HTTP to a Stack's daphne, as a bearer-token client."""
     import json

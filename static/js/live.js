@@ -65,9 +65,13 @@ window.MLTrack = (function () {
         if (this.handlers.open) this.handlers.open();
       };
       socket.onmessage = (message) => {
-        let event;
-        try { event = JSON.parse(message.data); } catch (e) { return; }
-        if (event.type && event.type.startsWith("training_")) this.handlers.event(event);
+        let frame;
+        try { frame = JSON.parse(message.data); } catch (e) { return; }
+        // Events that queued up on the server while it was writing come as one frame.
+        const events = frame.type === "batch" ? frame.events : [frame];
+        for (const event of events) {
+          if (event.type && event.type.startsWith("training_")) this.handlers.event(event);
+        }
       };
       socket.onclose = (closed) => {
         if (socket !== this.socket) return;

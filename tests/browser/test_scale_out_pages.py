@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from sessions.models import ApiToken, TrainingSession
-from tests.conftest import login
+from tests.conftest import login, ws_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,7 +22,7 @@ def record_frames(page) -> list[dict]:
     frames: list[dict] = []
 
     def on_socket(socket: object) -> None:
-        socket.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+        socket.on("framereceived", lambda payload: frames.extend(ws_events(payload)))
 
     page.on("websocket", on_socket)
     return frames

@@ -6,7 +6,6 @@ every epoch exactly once."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ import pytest
 import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
-from tests.conftest import ROOT, Stack, stack
+from tests.conftest import ROOT, Stack, stack, ws_events
 from tests.conftest import call_api as call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,12 +105,13 @@ class Viewer:
                     delay = 0.2
                     await self.backfill()
                     while self.status not in FINAL:
-                        event = json.loads(await asyncio.wait_for(socket.recv(), 60))
-                        if event["type"] == "training_progress":
-                            if event["epoch"] > max(self.epochs, default=0) + 1:
-                                await self.backfill()  # a dropped event: fetch the gap
-                            self.add(event["epoch"], event["metrics"])
-                        self.status = event["session"]["status"]
+                        raw = await asyncio.wait_for(socket.recv(), 60)
+                        for event in ws_events(raw):
+                            if event["type"] == "training_progress":
+                                if event["epoch"] > max(self.epochs, default=0) + 1:
+                                    await self.backfill()  # dropped: fetch the gap
+                                self.add(event["epoch"], event["metrics"])
+                            self.status = event["session"]["status"]
                     await self.backfill()
                     return
             except (

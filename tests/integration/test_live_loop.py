@@ -2,7 +2,6 @@
 process training for real, Redis carrying events, a WebSocket client receiving them."""
 
 import asyncio
-import json
 import statistics
 import time
 
@@ -10,7 +9,7 @@ import pytest
 import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
-from tests.conftest import call_api
+from tests.conftest import call_api, ws_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,17 +29,17 @@ async def watch_run(stack, token, body):
         while True:
             raw = await asyncio.wait_for(socket.recv(), timeout=120)
             arrived = time.time()
-            event = json.loads(raw)
-            if event["session"]["id"] != session_id:
-                continue
-            event["arrivedAt"] = arrived
-            received.append(event)
-            if event["type"] in (
-                "training_completed",
-                "training_failed",
-                "training_stopped",
-            ):
-                return session_id, received
+            for event in ws_events(raw):
+                if event["session"]["id"] != session_id:
+                    continue
+                event["arrivedAt"] = arrived
+                received.append(event)
+                if event["type"] in (
+                    "training_completed",
+                    "training_failed",
+                    "training_stopped",
+                ):
+                    return session_id, received
 
 
 def test_a_run_started_through_the_api_streams_every_epoch_live(live_stack, alice):
@@ -95,17 +94,18 @@ def test_stopping_a_run_keeps_its_finished_epochs(live_stack, alice):
             )
             session_id = created["session"]["id"]
             while True:
-                event = json.loads(await asyncio.wait_for(socket.recv(), timeout=120))
-                if event["type"] == "training_progress" and event["epoch"] == 3:
-                    await asyncio.to_thread(
-                        call_api,
-                        live_stack,
-                        "POST",
-                        f"/api/ml/stop-training/{session_id}",
-                        token,
-                    )
-                if event["type"] == "training_stopped":
-                    return session_id, event
+                raw = await asyncio.wait_for(socket.recv(), timeout=120)
+                for event in ws_events(raw):
+                    if event["type"] == "training_progress" and event["epoch"] == 3:
+                        await asyncio.to_thread(
+                            call_api,
+                            live_stack,
+                            "POST",
+                            f"/api/ml/stop-training/{session_id}",
+                            token,
+                        )
+                    if event["type"] == "training_stopped":
+                        return session_id, event
 
     session_id, final = asyncio.run(run_and_stop())
     session = TrainingSession.objects.get(pk=session_id)

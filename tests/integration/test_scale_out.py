@@ -20,6 +20,7 @@ import pytest
 import websockets
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
+from tests.conftest import ws_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,8 +58,8 @@ async def _listen(url: str, token: str, events: list, expected: set, ready) -> N
     ) as socket:
         ready.set()
         while True:
-            event = json.loads(await asyncio.wait_for(socket.recv(), timeout=180))
-            events.append(event)
+            raw = await asyncio.wait_for(socket.recv(), timeout=180)
+            events.extend(ws_events(raw))
             ended = {e["session"]["id"] for e in events if e["type"] in FINAL}
             if expected and expected <= ended:
                 return
