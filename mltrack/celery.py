@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
@@ -19,3 +19,13 @@ def _watch_for_lost_workers(**kwargs: object) -> None:
     from sessions.tasks import start_lost_worker_watch
 
     start_lost_worker_watch()
+
+
+@worker_init.connect
+def _train_below_the_web_process(**kwargs: object) -> None:
+    # Training is batch work that can keep every core busy; the web process and
+    # Redis must not queue behind it, or live events arrive late. The pool's
+    # processes inherit this niceness.
+    from django.conf import settings
+
+    os.nice(settings.MLTRACK_WORKER_NICENESS)

@@ -234,4 +234,7 @@ LOGGING = {
 
 # How long the worker keeps retrying a write while the database is unavailable or
 # locked before it gives up on the run.
+# Worker processes run this much nicer than the web process (0 to 19): training
+# that fills every core must not delay live events (bench/NOTES.md).
+MLTRACK_WORKER_NICENESS = env_int("MLTRACK_WORKER_NICENESS", 10, minimum=0)
 MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)
