@@ -107,3 +107,87 @@ def _fresh_layer():
 
     yield
     async_to_sync(get_channel_layer().flush)()
+
+
+async def test_sockets_of_one_process_share_one_group_membership(alice, make_session):
+    from channels.db import database_sync_to_async
+
+    session = await database_sync_to_async(make_session)()
+    cookie = await _login(alice)
+    path = f"/ws/training/{session.pk}/"
+    first, connected_first, _ = await connect(path, cookie)
+    second, connected_second, _ = await connect(path, cookie)
+    assert connected_first and connected_second
+    group = events.session_group(session.pk)
+    assert await _members(group) == 1  # the process, not each socket
+    await database_sync_to_async(events.push_status)(session, "training_started")
+    for communicator in (first, second):
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["type"] == "training_started"
+        assert await communicator.receive_nothing(timeout=0.2)
+    await first.disconnect()
+    assert await _members(group) == 1
+    await second.disconnect()
+    assert await _members(group) == 0
+
+
+async def _members(group: str) -> int:
+    layer = get_channel_layer()
+    connection = layer.connection(layer.consistent_hash(group))
+    return await connection.zcard(layer._group_key(group))
+
+
+class RecordingSocket:
+    """Stands in for the browser end of a WebSocket: records what it is sent, and
+    can be slow to write, as a socket of a busy process is."""
+
+    def __init__(self, write_seconds: float = 0.0) -> None:
+        self.frames: list[str] = []
+        self.write_seconds = write_seconds
+
+    async def send(self, text_data: str | None = None) -> None:
+        import asyncio
+
+        self.frames.append(text_data)
+        await asyncio.sleep(self.write_seconds)
+
+    async def close(self, code: int | None = None) -> None:
+        pass
+
+
+async def test_events_that_arrive_while_writing_go_out_as_one_batch_frame():
+    import asyncio
+    import json
+
+    from channels.layers import InMemoryChannelLayer
+
+    fanout = events.LocalFanout(InMemoryChannelLayer())
+    slow, elsewhere = RecordingSocket(write_seconds=0.2), RecordingSocket()
+    await fanout.join("run-1", slow)
+    await fanout.join("run-2", elsewhere)
+
+    async def publish(group: str, event: dict) -> None:
+        text = json.dumps(event)
+        await fanout.layer.group_send(group, events.group_message(group, text))
+
+    async def frames(count: int) -> list[dict]:
+        for _ in range(200):
+            if len(slow.frames) >= count:
+                break
+            await asyncio.sleep(0.01)
+        return [json.loads(frame) for frame in slow.frames]
+
+    await publish("run-1", {"type": "training_progress", "epoch": 1})
+    await frames(1)
+    # Epochs 2-4 arrive while epoch 1 is still being written.
+    for epoch in (2, 3, 4):
+        await publish("run-1", {"type": "training_progress", "epoch": epoch})
+    first, second = await frames(2)
+    assert first == {"type": "training_progress", "epoch": 1}
+    assert second["type"] == "batch"
+    assert [event["epoch"] for event in second["events"]] == [2, 3, 4]
+    assert elsewhere.frames == []
+    await asyncio.sleep(0.3)
+    assert len(slow.frames) == 2
+    for task in fanout.tasks:
+        task.cancel()
