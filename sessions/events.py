@@ -12,12 +12,14 @@ and miss nothing, Redis up or down.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
@@ -191,25 +193,65 @@ def _push(session: TrainingSession, event: TrainingEvent) -> None:
         for group in groups_for(session):
             await layer.group_send(group, group_message(group, text))
 
+    what = f"{event['type']} for session {session.pk}"
+    if _one_loop and _keeps_connections_per_loop(layer):
+        # Hand the push to the push loop and go on training. A status change
+        # waits for its push (and every push before it): a task must not end
+        # before its final event is out.
+        sent = _hand_over(send_all, what)
+        if event["type"] != "training_progress":
+            try:
+                sent.result(PUSH_TIMEOUT_SECONDS)
+            except Exception:  # logged by the push loop; the page will backfill
+                pass
+        return
     started = time.monotonic()
     try:
-        if _one_loop and _keeps_connections_per_loop(layer):
-            future = asyncio.run_coroutine_threadsafe(send_all(), _push_loop())
-            try:
-                future.result(PUSH_TIMEOUT_SECONDS)
-            except TimeoutError:
-                future.cancel()
-                raise
-        else:
-            async_to_sync(send_all)()
+        async_to_sync(send_all)()
     except Exception:  # Redis down or restarting: the page will backfill.
-        logger.warning(
-            "Could not push %s for session %s", event["type"], session.pk, exc_info=True
-        )
+        logger.warning("Could not push %s", what, exc_info=True)
     else:
-        logger.debug(
-            "pushed %s in %.1f ms", event["type"], (time.monotonic() - started) * 1000
-        )
+        logger.debug("pushed %s in %.1f ms", what, (time.monotonic() - started) * 1000)
+
+
+# Pushes waiting for Redis beyond this many are dropped (and logged): a Redis that
+# hangs must not make a worker hoard every epoch in memory. Pages backfill.
+MAX_WAITING_PUSHES = 10_000
+
+PushJob = tuple[Callable[[], Awaitable[None]], str, concurrent.futures.Future]
+
+
+def _hand_over(
+    send_all: Callable[[], Awaitable[None]], what: str
+) -> concurrent.futures.Future:
+    sent: concurrent.futures.Future = concurrent.futures.Future()
+    loop, waiting = _push_loop()
+    loop.call_soon_threadsafe(_enqueue, waiting, (send_all, what, sent))
+    return sent
+
+
+def _enqueue(waiting: asyncio.Queue[PushJob], job: PushJob) -> None:
+    if waiting.qsize() >= MAX_WAITING_PUSHES:
+        logger.warning("Dropped the push of %s: too many pushes waiting", job[1])
+        job[2].set_exception(RuntimeError("too many pushes waiting"))
+        return
+    waiting.put_nowait(job)
+
+
+async def _send_in_order(waiting: asyncio.Queue[PushJob]) -> None:
+    """Send the handed-over pushes one at a time, so viewers get them in order."""
+    while True:
+        send_all, what, sent = await waiting.get()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(send_all(), PUSH_TIMEOUT_SECONDS)
+        except Exception as exc:  # Redis down or restarting: the page will backfill
+            logger.warning("Could not push %s", what, exc_info=True)
+            sent.set_exception(exc)
+        else:
+            elapsed = (time.monotonic() - started) * 1000
+            logger.debug("pushed %s in %.1f ms", what, elapsed)
+            sent.set_result(None)
 
 
 def _keeps_connections_per_loop(layer: Any) -> bool:
@@ -222,6 +264,7 @@ def _keeps_connections_per_loop(layer: Any) -> bool:
 
 _one_loop = False
 _loop: asyncio.AbstractEventLoop | None = None
+_waiting: asyncio.Queue[PushJob] | None = None
 _loop_pid = 0
 _loop_lock = threading.Lock()
 
@@ -238,21 +281,24 @@ def push_from_one_loop() -> None:
     _one_loop = True
 
 
-def _push_loop() -> asyncio.AbstractEventLoop:
-    """This process's event loop for pushes, running on a daemon thread.
+def _push_loop() -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[PushJob]]:
+    """This process's event loop for pushes, running on a daemon thread, and the
+    queue of pushes it sends in order.
 
     Made again after a fork (a Celery prefork child inherits the parent's
     variables but not its threads).
     """
-    global _loop, _loop_pid
+    global _loop, _loop_pid, _waiting
     with _loop_lock:
-        if _loop is None or _loop_pid != os.getpid():
+        if _loop is None or _waiting is None or _loop_pid != os.getpid():
             loop = asyncio.new_event_loop()
+            waiting: asyncio.Queue[PushJob] = asyncio.Queue()
+            loop.call_soon(lambda: loop.create_task(_send_in_order(waiting)))
             threading.Thread(
                 target=loop.run_forever, name="channel-layer-pushes", daemon=True
             ).start()
-            _loop, _loop_pid = loop, os.getpid()
-        return _loop
+            _loop, _waiting, _loop_pid = loop, waiting, os.getpid()
+        return _loop, _waiting
 
 
 # ---------------------------------------------------------------- web processes

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import timedelta
 from urllib.parse import urlencode
 
@@ -209,7 +210,7 @@ def receive(channel: str) -> dict:
 
         return await asyncio.wait_for(get_channel_layer().receive(channel), 10)
 
-    return async_to_sync(get)()["data"]
+    return json.loads(async_to_sync(get)()["text"])
 
 
 def test_stop_selected_stops_sessions_and_tells_viewers(staff_client, make_session):

@@ -61,9 +61,9 @@ def test_it_queues_a_session_like_the_api(
     assert len(callbacks) == 1  # run_training.delay_on_commit
     assert f"Queued session {session.pk}: " in out
     assert f"Page: https://mltrack.example.com/sessions/{session.pk}/" in out
-    message = async_to_sync(layer.receive)(channel)
-    assert message["data"]["type"] == "training_status"
-    assert message["data"]["session"]["id"] == session.pk
+    event = json.loads(async_to_sync(layer.receive)(channel)["text"])
+    assert event["type"] == "training_status"
+    assert event["session"]["id"] == session.pk
 
 
 def test_it_uses_the_defaults_of_the_form(root):

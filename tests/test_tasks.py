@@ -1,6 +1,7 @@
 """run_training in-process, on the real database and the real Redis channel layer."""
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -31,8 +32,8 @@ def drain(layer, channel, until_type, limit=100):
 
         while len(received) < limit:
             message = await asyncio.wait_for(layer.receive(channel), timeout=10)
-            received.append(message["data"])
-            if message["data"]["type"] == until_type:
+            received.append(json.loads(message["text"]))
+            if received[-1]["type"] == until_type:
                 return
 
     async_to_sync(read)()

@@ -2,6 +2,7 @@
 events read from the real Redis channel layer."""
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -141,8 +142,8 @@ def test_overfitting_is_flagged_on_the_session_and_in_progress_events(
     async def read():
         while True:
             message = await asyncio.wait_for(layer.receive(channel), timeout=120)
-            received.append(message["data"])
-            if message["data"]["type"] in events.FINAL_EVENTS.values():
+            received.append(json.loads(message["text"]))
+            if received[-1]["type"] in events.FINAL_EVENTS.values():
                 return
 
     async_to_sync(read)()
