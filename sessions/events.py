@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -279,6 +280,9 @@ def push_from_one_loop() -> None:
     """
     global _one_loop
     _one_loop = True
+    # The push loop's thread needs the GIL to send while the training thread
+    # computes; by default it could wait up to 5 ms per switch for it.
+    sys.setswitchinterval(0.0005)
 
 
 def _push_loop() -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[PushJob]]:
