@@ -799,7 +799,7 @@ BENCHES: dict[str, Callable[[Services, Results, bool, int], None]] = {
 }
 NEEDS_WORKER = {"memory", "overhead", "live"}
 # On PostgreSQL only what the issue compares per database.
-POSTGRES_BENCHES = ("ingest", "reading")
+POSTGRES_BENCHES = ("live", "ingest", "reading")
 # With another channel layer only what the layer carries.
 LAYER_BENCHES = ("live", "fanout")
 
