@@ -388,8 +388,10 @@ def _fanout_once(
         started = time.time()
         for epoch in range(1, burst + 1):
             data = dict(template, epoch=epoch, savedAt=time.time())
-            group = events.session_group(session.pk)
-            await layer.group_send(group, events.group_message(group, json.dumps(data)))
+            message = events.event_message(
+                [events.session_audience(session.pk)], json.dumps(data)
+            )
+            await layer.group_send(events.EVENTS_GROUP, message)
         return started
 
     started = asyncio.run(send_burst())

@@ -21,7 +21,7 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        self.joined: list[str] = []
+        self.audience: str | None = None
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -30,22 +30,19 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
             if not await self._may_see(user, session_id):
                 await self.close(code=CLOSE_NOT_FOUND)
                 return
-            groups = [events.session_group(session_id)]
+            audience = events.session_audience(session_id)
         elif user.is_staff:
-            groups = [events.STAFF_GROUP]
+            audience = events.STAFF_AUDIENCE
         else:
-            groups = [events.user_group(user.pk)]
-        # The process listens to the groups once for all its sockets (events.py).
-        fanout = events.local_fanout()
-        for group in groups:
-            await fanout.join(group, self)
-            self.joined.append(group)
+            audience = events.user_audience(user.pk)
+        # The process listens once for all its sockets (events.LocalFanout).
+        await events.local_fanout().join(audience, self)
+        self.audience = audience
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
-        fanout = events.local_fanout()
-        for group in self.joined:
-            await fanout.leave(group, self)
+        if self.audience is not None:
+            await events.local_fanout().leave(self.audience, self)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None

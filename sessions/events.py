@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 # How long a push may hold up the training loop before it is dropped.
 PUSH_TIMEOUT_SECONDS = 5
 
-STAFF_GROUP = "training-staff"
-EVENT_HANDLER = "training.event"  # calls TrainingConsumer.training_event
+# Every event goes to this one group. Each web process joins it once and picks the
+# sockets that may see the event by its audiences (LocalFanout), so a push is one
+# group send however many pages watch.
+EVENTS_GROUP = "training-events"
+EVENT_HANDLER = "training.event"
+STAFF_AUDIENCE = "staff"
 
 EventType = Literal[
     "training_started",
@@ -77,17 +81,23 @@ class TrainingEvent(TypedDict, total=False):
     coalesced: dict[str, int]
 
 
-def session_group(session_id: int) -> str:
-    return f"training-session-{session_id}"
+def session_audience(session_id: int) -> str:
+    """Sockets watching one session."""
+    return f"session-{session_id}"
 
 
-def user_group(user_id: int) -> str:
-    return f"training-user-{user_id}"
+def user_audience(user_id: int) -> str:
+    """Sockets watching every session of one user."""
+    return f"user-{user_id}"
 
 
-def groups_for(session: TrainingSession) -> tuple[str, ...]:
-    """Every group that must hear about this session's events."""
-    return (session_group(session.pk), user_group(session.owner_id), STAFF_GROUP)
+def audiences_for(session: TrainingSession) -> list[str]:
+    """Every audience that may see this session's events."""
+    return [
+        session_audience(session.pk),
+        user_audience(session.owner_id),
+        STAFF_AUDIENCE,
+    ]
 
 
 def push_status(session: TrainingSession, event_type: EventType | None = None) -> None:
@@ -142,9 +152,9 @@ def push_epochs(
     _send(session, event)
 
 
-def group_message(group: str, text: str) -> dict[str, str]:
-    """The channel-layer message that carries one event's JSON text to a group."""
-    return {"type": EVENT_HANDLER, "group": group, "text": text}
+def event_message(audiences: list[str], text: str) -> dict[str, Any]:
+    """The channel-layer message that carries one event's JSON text."""
+    return {"type": EVENT_HANDLER, "audiences": audiences, "text": text}
 
 
 def _store(session: TrainingSession, event: TrainingEvent) -> None:
@@ -190,9 +200,10 @@ def _push(session: TrainingSession, event: TrainingEvent) -> None:
     # Serialised once here, not once per viewer in every web process.
     text = json.dumps(event)
 
+    message = event_message(audiences_for(session), text)
+
     async def send_all() -> None:
-        for group in groups_for(session):
-            await layer.group_send(group, group_message(group, text))
+        await layer.group_send(EVENTS_GROUP, message)
 
     what = f"{event['type']} for session {session.pk}"
     if _one_loop and _keeps_connections_per_loop(layer):
@@ -316,7 +327,7 @@ class Viewer(Protocol):
     async def close(self, code: int | None = None) -> None: ...
 
 
-# How often the process renews its group memberships: the Redis layer forgets a
+# How often the process renews its group membership: the Redis layer forgets a
 # member after its group_expiry (a day by default), even one that still listens.
 RENEW_GROUPS_SECONDS = 3600
 
@@ -324,50 +335,44 @@ RENEW_GROUPS_SECONDS = 3600
 class LocalFanout:
     """One web process's single listener on the channel layer.
 
-    When every socket joined the groups itself, the layer stored, sent and
-    dispatched each event once per viewer: 100 viewers of one run cost 100 Redis
-    round trips per epoch and held events back for seconds (bench/NOTES.md). Here
-    the process joins each group once, receives each event once and writes its
-    text to every local socket in the group. Events that arrive while it is still
-    writing go out together in one frame, {"type": "batch", "events": [...]}, so a
-    burst costs one frame per viewer instead of piling up behind itself.
+    When every socket joined groups itself, the layer stored, sent and dispatched
+    each event once per viewer: 100 viewers of one run cost 100 Redis round trips
+    per epoch and held events back for seconds (bench/NOTES.md). Here the process
+    joins the events group once, receives each event once and writes its text to
+    every local socket of the event's audiences. Events that arrive while it is
+    still writing go out together, in order, in one frame per socket,
+    {"type": "batch", "events": [...]}, so a burst does not pile up behind itself.
     """
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.channel: str | None = None
         self.viewers: dict[str, set[Viewer]] = {}
-        self.pending: list[tuple[str, str]] = []
+        self.pending: list[tuple[list[str], str]] = []
         self.tasks: list[asyncio.Task] = []
         self.flushing: asyncio.Task | None = None
         self.lock = asyncio.Lock()
 
-    async def join(self, group: str, viewer: Viewer) -> None:
+    async def join(self, audience: str, viewer: Viewer) -> None:
         async with self.lock:
             if self.channel is None:
-                self.channel = await self.layer.new_channel()
+                channel = await self.layer.new_channel()
+                await self.layer.group_add(EVENTS_GROUP, channel)
+                self.channel = channel
                 self.tasks = [
-                    asyncio.create_task(self._listen(self.channel)),
-                    asyncio.create_task(self._renew(self.channel)),
+                    asyncio.create_task(self._listen(channel)),
+                    asyncio.create_task(self._renew(channel)),
                 ]
-            if group not in self.viewers:
-                await self.layer.group_add(group, self.channel)
-                self.viewers[group] = set()
-            self.viewers[group].add(viewer)
+            self.viewers.setdefault(audience, set()).add(viewer)
 
-    async def leave(self, group: str, viewer: Viewer) -> None:
+    async def leave(self, audience: str, viewer: Viewer) -> None:
         async with self.lock:
-            members = self.viewers.get(group)
+            members = self.viewers.get(audience)
             if members is None:
                 return
             members.discard(viewer)
-            if members or self.channel is None:
-                return
-            del self.viewers[group]
-            try:
-                await self.layer.group_discard(group, self.channel)
-            except Exception:  # Redis down: the membership expires by itself
-                logger.warning("Could not leave %s", group, exc_info=True)
+            if not members:
+                del self.viewers[audience]
 
     async def _listen(self, channel: str) -> None:
         while True:
@@ -376,15 +381,15 @@ class LocalFanout:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                # Redis went away: its groups may be gone with it. Close every
-                # socket; pages reconnect with backoff and backfill from the API.
+                # Redis went away, and its group membership may be gone with it.
+                # Close every socket; pages reconnect with backoff and backfill.
                 logger.warning("Channel layer receive failed", exc_info=True)
                 await self._reset()
                 return
             try:
-                self.pending.append((message["group"], message["text"]))
+                self.pending.append((message["audiences"], message["text"]))
             except (KeyError, TypeError):
-                logger.warning("Ignored a channel message without group and text")
+                logger.warning("Ignored a channel message without audiences/text")
                 continue
             if self.flushing is None or self.flushing.done():
                 self.flushing = asyncio.create_task(self._flush())
@@ -392,29 +397,24 @@ class LocalFanout:
     async def _flush(self) -> None:
         while self.pending:
             arrived, self.pending = self.pending, []
-            texts: dict[str, list[str]] = {}
-            for group, text in arrived:
-                texts.setdefault(group, []).append(text)
-            for group, group_texts in texts.items():
-                frame = (
-                    group_texts[0]
-                    if len(group_texts) == 1
-                    else '{"type": "batch", "events": [' + ", ".join(group_texts) + "]}"
-                )
-                for viewer in tuple(self.viewers.get(group, ())):
-                    try:
-                        await viewer.send(text_data=frame)
-                    except Exception:  # one broken socket must not starve the rest
-                        logger.debug("Could not send to a viewer", exc_info=True)
+            texts: dict[Viewer, list[str]] = {}
+            for audiences, text in arrived:
+                for audience in audiences:
+                    for viewer in self.viewers.get(audience, ()):
+                        texts.setdefault(viewer, []).append(text)
+            for viewer, viewer_texts in texts.items():
+                try:
+                    await viewer.send(text_data=_frame(viewer_texts))
+                except Exception:  # one broken socket must not starve the rest
+                    logger.debug("Could not send to a viewer", exc_info=True)
 
     async def _renew(self, channel: str) -> None:
         while True:
             await asyncio.sleep(RENEW_GROUPS_SECONDS)
-            for group in tuple(self.viewers):
-                try:
-                    await self.layer.group_add(group, channel)
-                except Exception:
-                    logger.warning("Could not renew %s", group, exc_info=True)
+            try:
+                await self.layer.group_add(EVENTS_GROUP, channel)
+            except Exception:
+                logger.warning("Could not renew the events group", exc_info=True)
 
     async def _reset(self) -> None:
         async with self.lock:
@@ -429,6 +429,13 @@ class LocalFanout:
                 await viewer.close(code=CLOSE_TRY_AGAIN)
             except Exception:
                 logger.debug("Could not close a viewer", exc_info=True)
+
+
+def _frame(texts: list[str]) -> str:
+    """One WebSocket frame for the JSON texts of one or more events."""
+    if len(texts) == 1:
+        return texts[0]
+    return '{"type": "batch", "events": [' + ", ".join(texts) + "]}"
 
 
 # "Try again later": the page reconnects with backoff.

@@ -200,7 +200,7 @@ def test_it_cannot_edit_status_or_metrics(staff_client, make_session):
 def subscribe_staff_group() -> str:
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.STAFF_GROUP, channel)
+    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
     return channel
 
 

@@ -39,7 +39,7 @@ def test_it_queues_a_session_like_the_api(
     settings.SITE_URL = "https://mltrack.example.com"
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.STAFF_GROUP, channel)
+    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
 
     with django_capture_on_commit_callbacks() as callbacks:
         out = start(

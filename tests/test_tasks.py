@@ -42,7 +42,7 @@ def drain(layer, channel, until_type, limit=100):
 
 def test_it_trains_saves_every_epoch_and_pushes_events(make_session):
     session = make_session(total_epochs=4)
-    layer, channel = listen(events.session_group(session.pk))
+    layer, channel = listen(events.EVENTS_GROUP)
 
     summary = run_training(session.pk)
 
@@ -107,7 +107,7 @@ def test_a_diverging_run_fails_with_the_reason(make_session):
 def test_a_plateau_is_flagged_on_the_session_without_stopping_it(make_session):
     params, _ = catalog.clean_params("logistic", "iris", {"learning_rate": 1e-6})
     session = make_session(model_type="logistic", total_epochs=8, params=params)
-    layer, channel = listen(events.session_group(session.pk))
+    layer, channel = listen(events.EVENTS_GROUP)
     run_training(session.pk)
     session.refresh_from_db()
     assert session.status == TrainingSession.Status.COMPLETED
@@ -132,7 +132,7 @@ def test_lost_sessions_are_failed_and_announced(make_session):
     )
     alive = make_session()
     alive.mark_running("t2")
-    layer, channel = listen(events.session_group(session.pk))
+    layer, channel = listen(events.EVENTS_GROUP)
 
     assert f"Failed 1 lost session(s): #{session.pk}" in call_command_output()
     session.refresh_from_db()

@@ -134,7 +134,7 @@ def test_overfitting_is_flagged_on_the_session_and_in_progress_events(
     )
     layer = get_channel_layer()
     channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.session_group(session.pk), channel)
+    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
     run_training.apply_async((session.pk,), queue=worker.queue)
 
     received = []
