@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import QuerySet, TextField
+from django.db.models.functions import Cast
 
 from sessions.downsample import downsample_series
 from sessions.models import STANDARD_METRICS, EpochMetric, TrainingSession
@@ -45,23 +46,45 @@ def _in_range(
 def _table(
     rows: QuerySet[EpochMetric], first: int | None = None, last: int | None = None
 ) -> tuple[list[tuple], Any]:
-    """The rows of _COLUMNS in epoch order as the driver returns them (created
-    naive on SQLite, extra as JSON text), and the connection."""
-    query = _in_range(rows, first, last).values_list(*_COLUMNS).query
+    """The rows of _COLUMNS in epoch order as the driver returns them (created as
+    text on SQLite, extra as JSON text), and the connection."""
     connection = connections[rows.db]
+    columns = _COLUMNS
+    if connection.vendor == "sqlite":
+        # The driver would parse each time with Django's regex converter; as text
+        # it goes through fromisoformat, in C, for the rows sent only.
+        rows = rows.annotate(created_text=Cast("created", TextField()))
+        columns = tuple("created_text" if c == "created" else c for c in columns)
+    query = _in_range(rows, first, last).values_list(*columns).query
     sql, params = query.get_compiler(connection=connection).as_sql()
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            _load_times_in_c(cursor.cursor)
         cursor.execute(sql, params)
         return cursor.fetchall(), connection
 
 
-def _iso(created: datetime | None, connection: Any) -> str | None:
+def _load_times_in_c(cursor: Any) -> None:
+    """Have this psycopg cursor load timestamptz with psycopg's own loader.
+
+    Django's is a Python subclass of it, ten times slower (2.5 s against 0.24 s
+    for 267,000 rows here, most of a 20,000-epoch chart request). Both give the
+    instant in the session's time zone, which Django sets to its own.
+    """
+    import psycopg
+
+    timestamptz = psycopg.postgres.types["timestamptz"].oid
+    loader = psycopg.postgres.adapters.get_loader(timestamptz, psycopg.pq.Format.TEXT)
+    cursor.adapters.register_loader("timestamptz", loader)
+
+
+def _iso(created: Any, connection: Any) -> str | None:
     """A driver's created value as the ISO text the API sends, as Django would
-    convert it: SQLite's is naive, in the connection's time zone."""
+    convert it: SQLite's is naive text, in the connection's time zone."""
     if created is None:
         return None
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=connection.timezone)
+    if isinstance(created, str):
+        created = datetime.fromisoformat(created).replace(tzinfo=connection.timezone)
     return created.isoformat()
 
 
