@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import stack  # noqa: E402
 
 PG_ADMIN_URL = os.getenv("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+# The database the bench drops and creates: BENCH_PG_DB lets two checkouts run at once
+PG_BENCH_DB = os.getenv("BENCH_PG_DB", "mltrack_bench")
 
 
 @dataclass

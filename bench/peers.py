@@ -25,6 +25,7 @@ from urllib.parse import quote
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
+    PG_BENCH_DB,
     VAR,
     Figure,
     Http,
@@ -38,7 +39,7 @@ from bench.common import (  # noqa: E402
 )
 
 BIN = Path(sys.executable).parent
-PG_MLFLOW_DB = "mltrack_bench_mlflow"
+PG_MLFLOW_DB = f"{PG_BENCH_DB}_mlflow"
 
 
 def wait_http(url: str, process: subprocess.Popen, timeout: float = 180) -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import viewers  # noqa: E402
 from bench.common import (  # noqa: E402
+    PG_BENCH_DB,
     VAR,
     Figure,
     Http,
@@ -38,7 +39,6 @@ from bench.common import (  # noqa: E402
     tree_memory,
 )
 
-PG_BENCH_DB = "mltrack_bench"
 FINAL_TYPES = ("training_completed", "training_failed", "training_stopped")
 MISSING = "skipped: endpoint not available"
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import connection, connections, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -18,6 +19,7 @@ from sessions.training import METRIC_NAMES
 # The trainer's metric names are the EpochMetric columns (training.py imports
 # scikit-learn only inside its functions, so this import stays light).
 STANDARD_METRICS = METRIC_NAMES
+_STANDARD_SET = frozenset(STANDARD_METRICS)
 
 
 class TrainingSessionQuerySet(models.QuerySet):
@@ -362,51 +364,46 @@ class TrainingSession(models.Model):
 
     def record_epochs(
         self, rows: list[tuple[int, dict[str, Any], float | None]]
-    ) -> list[EpochMetric]:
+    ) -> StoredEpochs:
         """Store many epochs (epoch, metrics, duration) at once and move the counters.
 
         An epoch already stored (a client's retry) is kept as it was; only the new
         rows are returned, in epoch order. The session row is locked for the
         duration, so two overlapping batches cannot both count the same epoch.
         """
-        wanted: dict[int, EpochMetric] = {}
-        moment = now()
+        wanted: dict[int, tuple[dict[str, Any], float | None]] = {}
         for epoch, metrics, duration in rows:
-            if epoch in wanted:
-                continue
-            standard = {k: metrics.get(k) for k in STANDARD_METRICS}
-            extra = {k: v for k, v in metrics.items() if k not in STANDARD_METRICS}
-            wanted[epoch] = EpochMetric(
-                session=self,
-                epoch=epoch,
-                duration=duration,
-                extra=extra,
-                created=moment,
-                **standard,
-            )
+            wanted.setdefault(epoch, (metrics, duration))
+        moment = now()
         if not wanted:
-            return []
+            return StoredEpochs(self.pk, [], moment)
         with transaction.atomic():
+            # Read the whole row under the lock: it is this instance's new state
+            # once the changes below are applied, with no reload after.
             locked = TrainingSession.objects.select_for_update().get(pk=self.pk)
-            stored = set(
-                EpochMetric.objects.filter(
-                    session=self,
-                    epoch__gte=min(wanted),
-                    epoch__lte=max(wanted),
-                ).values_list("epoch", flat=True)
+            inserted = EpochMetric.objects.insert_epochs(
+                self.pk, [(e, *wanted[e]) for e in sorted(wanted)], moment
             )
-            new = [wanted[e] for e in sorted(wanted) if e not in stored]
-            EpochMetric.objects.bulk_create(new, ignore_conflicts=True, batch_size=500)
+            new = StoredEpochs(
+                self.pk, [(e, *wanted[e]) for e in sorted(inserted)], moment
+            )
             changes: dict[str, Any] = {"heartbeat_at": moment}
             if new and new[-1].epoch > locked.current_epoch:
                 changes["current_epoch"] = new[-1].epoch
                 changes["final_metrics"] = new[-1].metrics
-            accuracies = [r.val_accuracy for r in new if r.val_accuracy is not None]
+            accuracies = [
+                m["val_accuracy"]
+                for _, m, _ in new.items
+                if m.get("val_accuracy") is not None
+            ]
             best = locked.best_val_accuracy
             if accuracies and (best is None or max(accuracies) > best):
                 changes["best_val_accuracy"] = max(accuracies)
             TrainingSession.objects.filter(pk=self.pk).update(**changes)
-        self.refresh_from_db()
+        # What refresh_from_db would do, from the row already read.
+        for field in TrainingSession._meta.concrete_fields:
+            value = changes.get(field.name, getattr(locked, field.attname))
+            setattr(self, field.attname, value)
         return new
 
     def external_stats(self) -> dict[str, Any]:
@@ -425,6 +422,113 @@ class TrainingSession(models.Model):
         }
 
 
+class EpochMetricQuerySet(models.QuerySet):
+    def insert_epochs(
+        self,
+        session_id: int,
+        items: list[tuple[int, dict[str, Any], float | None]],
+        created: Any,
+    ) -> set[int]:
+        """INSERT (epoch, metrics, duration) rows and return the epochs inserted:
+        an epoch already stored is kept as it was.
+
+        bulk_create of a 1,000-epoch log batch spent most of its time building
+        model instances and preparing each of their fields: here values go to the
+        driver as plain columns, converted the way the fields would.
+        """
+        if not items:
+            return set()
+        connection = connections[self.db]
+        extra_field = EpochMetric._meta.get_field("extra")
+        no_extra = extra_field.get_db_prep_save({}, connection)
+        moment = EpochMetric._meta.get_field("created").get_db_prep_save(
+            created, connection
+        )
+        # (epoch, *standard metrics, duration, extra) per row.
+        values = []
+        for epoch, metrics, duration in items:
+            get = metrics.get
+            extra = {k: v for k, v in metrics.items() if k not in _STANDARD_SET}
+            values.append(
+                (
+                    epoch,
+                    *[
+                        None if (value := get(name)) is None else float(value)
+                        for name in STANDARD_METRICS
+                    ],
+                    None if duration is None else float(duration),
+                    extra_field.get_db_prep_save(extra, connection)
+                    if extra
+                    else no_extra,
+                )
+            )
+        quote = connection.ops.quote_name
+        columns = ("epoch", *STANDARD_METRICS, "duration", "extra")
+        head = (
+            f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
+            f"({', '.join(quote(name) for name in columns)}, "
+            f"{quote('session_id')}, {quote('created')}) "
+        )
+        # RETURNING lists only the rows inserted (SQLite 3.35+, PostgreSQL), so no
+        # query for the epochs already there is needed.
+        tail = ' ON CONFLICT DO NOTHING RETURNING "epoch"'
+        inserted: set[int] = set()
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # One array per column: PostgreSQL parses a 1,000-row VALUES list
+                # of literals 2-3x slower than these arrays (measured: 44 ms
+                # against 18 ms on a loaded machine).
+                types = [
+                    EpochMetric._meta.get_field(name).db_type(connection)
+                    for name in columns
+                ]
+                arrays = ", ".join(f"%s::{db_type}[]" for db_type in types)
+                cursor.execute(
+                    f"{head} SELECT *, %s, %s FROM unnest({arrays}){tail}",
+                    [session_id, moment, *map(list, zip(*values, strict=True))],
+                )
+                inserted.update(epoch for (epoch,) in cursor.fetchall())
+                return inserted
+            one_row = "(" + ", ".join(["%s"] * (len(columns) + 2)) + ")"
+            for start in range(0, len(values), 500):
+                batch = values[start : start + 500]
+                cursor.execute(
+                    f"{head} VALUES {', '.join([one_row] * len(batch))}{tail}",
+                    [value for row in batch for value in (*row, session_id, moment)],
+                )
+                inserted.update(epoch for (epoch,) in cursor.fetchall())
+        return inserted
+
+
+class StoredEpochs(Sequence["EpochMetric"]):
+    """The epochs one log batch stored, in epoch order.
+
+    Each becomes an EpochMetric only when read: the push of a large batch reads
+    the first and the last, and building 1,000 instances cost more than the insert.
+    """
+
+    def __init__(
+        self,
+        session_id: int,
+        items: list[tuple[int, dict[str, Any], float | None]],
+        created: Any,
+    ) -> None:
+        self.session_id = session_id
+        self.items = items
+        self.created = created
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        epoch, metrics, duration = self.items[index]
+        return EpochMetric.unsaved(
+            self.session_id, epoch, metrics, duration, self.created
+        )
+
+
 class EpochMetric(models.Model):
     session = models.ForeignKey(TrainingSession, models.CASCADE, related_name="epochs")
     epoch = models.PositiveIntegerField()
@@ -441,6 +545,8 @@ class EpochMetric(models.Model):
     extra = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(default=now)
 
+    objects = EpochMetricQuerySet.as_manager()
+
     class Meta:
         ordering = ["session", "epoch"]
         constraints = [
@@ -452,6 +558,27 @@ class EpochMetric(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.session_id} epoch {self.epoch}"
+
+    @classmethod
+    def unsaved(
+        cls,
+        session_id: int,
+        epoch: int,
+        metrics: dict[str, Any],
+        duration: float | None,
+        created: Any,
+    ) -> EpochMetric:
+        """An instance of a row as record_epochs stores it: standard metrics in
+        their columns, the rest in extra."""
+        get = metrics.get
+        return cls(
+            session_id=session_id,
+            epoch=epoch,
+            duration=duration,
+            extra={k: v for k, v in metrics.items() if k not in _STANDARD_SET},
+            created=created,
+            **{name: get(name) for name in STANDARD_METRICS},
+        )
 
     @property
     def metrics(self) -> dict[str, Any]:

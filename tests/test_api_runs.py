@@ -9,7 +9,7 @@ URL = "/api/ml/runs"
 
 
 def post(client, body, auth):
-    data = body if isinstance(body, str) else json.dumps(body)
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
     return client.post(URL, data=data, content_type="application/json", **auth)
 
 
@@ -109,6 +109,10 @@ def test_runs_show_on_the_models_page(alice_client):
         ('{"name": "run", "params": {"note": "a\\u0000b"}}', "params.note"),
         ('{"name": "x\\ud800y"}', "name"),
         ('{"name": "run", "params": {"layers": [1, "\\u0000"]}}', "params.layers[1]"),
+        # The same without a \\u escape in the bytes: a surrogate encoded in UTF-8
+        # (Python's parser lets it through), and an escape in a UTF-16 body.
+        (b'{"name": "x\xed\xa0\x80y"}', "name"),
+        ('{"params": {"note": "a\\u0000b"}}'.encode("utf-16-le"), "params.note"),
     ],
 )
 def test_it_rejects_text_the_database_cannot_store(client, auth, raw, field):

@@ -34,6 +34,32 @@ def test_an_epoch_is_stored_once(make_session):
         EpochMetric.objects.create(session=session, epoch=1)
 
 
+def test_record_epochs_stores_every_value_in_its_own_column(make_session):
+    session = make_session()
+    metrics = dict(
+        train_loss=1,
+        val_loss=2,
+        train_accuracy=3,
+        val_accuracy=4,
+        learning_rate=5,
+        precision=6,
+        recall=7,
+        f1=8,
+        custom=9,
+    )
+    (returned,) = session.record_epochs([(3, metrics, 0.5)])
+    row = EpochMetric.objects.get(session=session)
+    for stored in (returned, row):
+        assert (stored.session_id, stored.epoch, stored.duration) == (
+            session.pk,
+            3,
+            0.5,
+        )
+        assert stored.metrics == metrics
+        assert stored.created == row.created
+    assert [row.train_loss, row.f1, row.extra] == [1.0, 8.0, {"custom": 9}]
+
+
 def test_stop_cancels_a_queued_session_at_once(make_session):
     session = make_session()
     assert session.request_stop()
