@@ -28,7 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 from sessions import catalog, events, metrics, openapi
 from sessions.auth import bearer_token, user_for_token
 from sessions.forms import StartTrainingForm
-from sessions.models import EpochMetric, TrainingEvent, TrainingSession
+from sessions.models import TrainingEvent, TrainingSession
 
 logger = logging.getLogger(__name__)
 
@@ -265,17 +265,9 @@ def training_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
         message = "from must not be greater than to"
         raise ApiError(400, message, {"from": message})
     first = max(after + 1, first or 0)
-    rows = EpochMetric.objects.filter(session=session)
-    chart = metrics.chart_rows(rows, first, last, max_points)
-    return JsonResponse(
-        {
-            "sessionId": session.pk,
-            "status": session.status,
-            "epochs": chart["epochs"],
-            "count": chart["count"],
-            "downsampled": chart["downsampled"],
-            "maxPoints": max_points,
-        }
+    return HttpResponse(
+        metrics.chart_json(session, first, last, max_points),
+        content_type="application/json",
     )
 
 

@@ -11,26 +11,50 @@ response as a message of its own.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connections
-from django.db.models import QuerySet, TextField
+from django.db.models import Count, Max, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from sessions.downsample import downsample_series
 from sessions.models import STANDARD_METRICS, EpochMetric, TrainingSession
 
+logger = logging.getLogger(__name__)
+
 CHART_MAX_POINTS = 1000
+# A finished session's thinned chart is kept this long in the cache (Redis).
+CHART_CACHE_SECONDS = 24 * 3600
 # Rows per piece of an export: about 100 KB of text.
 EXPORT_ROWS_PER_PIECE = 1000
 _COLUMNS = ("epoch", *STANDARD_METRICS, "duration", "created", "extra")
 # Positions in a row of _COLUMNS.
 _DURATION, _CREATED, _EXTRA = 9, 10, 11
 _NO_EXTRA = "{}"
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Reading a long run makes hundreds of thousands of tuples, floats and dicts,
+    and every few hundred of them start a pass of the cyclic garbage collector
+    over all that are alive: about half of a 20,000-epoch chart request here
+    (118 ms -> 60 ms without it). They form no cycles, so reference counting
+    frees them all; the collector runs again when the reading is done."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _in_range(
@@ -106,6 +130,54 @@ def _api_rows(table: list[tuple], connection: Any) -> list[dict[str, Any]]:
     return result
 
 
+def chart_json(
+    session: TrainingSession,
+    first: int | None = None,
+    last: int | None = None,
+    max_points: int | None = None,
+) -> str:
+    """The training-metrics API's answer (see chart_rows) as JSON text.
+
+    A finished session's thinned answer is cached, keyed by the epochs it holds
+    (how many, and the last): a long run's chart is read and thinned once, not on
+    every page that opens it. Epochs are never changed once stored, and a
+    session that starts again changes status, so the key says what it holds.
+    """
+    rows = EpochMetric.objects.filter(session=session)
+    key = None
+    if max_points is not None and not session.is_active:
+        held = _in_range(rows, first, last).aggregate(n=Count("pk"), top=Max("epoch"))
+        # The creation time too: SQLite may give a deleted session's id again.
+        key = (
+            f"chart:{session.pk}:{session.created.timestamp()}:{session.status}"
+            f":{first}:{last}:{max_points}:{held['n']}:{held['top']}"
+        )
+        try:
+            text = cache.get(key)
+        except Exception:  # Redis down: read from the database
+            logger.warning("chart cache unavailable", exc_info=True)
+            text, key = None, None
+        if text is not None:
+            return text
+    chart = chart_rows(rows, first, last, max_points)
+    text = json.dumps(
+        {
+            "sessionId": session.pk,
+            "status": session.status,
+            "epochs": chart["epochs"],
+            "count": chart["count"],
+            "downsampled": chart["downsampled"],
+            "maxPoints": max_points,
+        }
+    )
+    if key is not None and chart["downsampled"]:
+        try:
+            cache.set(key, text, CHART_CACHE_SECONDS)
+        except Exception:
+            logger.warning("chart cache unavailable", exc_info=True)
+    return text
+
+
 def chart_rows(
     rows: QuerySet[EpochMetric],
     first: int | None = None,
@@ -118,6 +190,16 @@ def chart_rows(
     A thinned row carries only the metrics chosen at that epoch, so every series
     keeps its own spikes and dips yet has at most `max_points` points.
     """
+    with _collector_paused():
+        return _chart_rows(rows, first, last, max_points)
+
+
+def _chart_rows(
+    rows: QuerySet[EpochMetric],
+    first: int | None,
+    last: int | None,
+    max_points: int | None,
+) -> dict[str, Any]:
     table, connection = _table(rows, first, last)
     if max_points is None or len(table) <= max_points:
         return {
@@ -167,7 +249,8 @@ def _pieces(table: list[tuple]) -> Iterator[list[tuple]]:
 
 def csv_lines(session: TrainingSession) -> Iterator[str]:
     """The session's metrics as CSV text, header first, one epoch per line."""
-    table, connection = _table(session.epochs.all())
+    with _collector_paused():
+        table, connection = _table(session.epochs.all())
     extras = {
         index: json.loads(row[_EXTRA])
         for index, row in enumerate(table)
@@ -209,12 +292,15 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
 
 def json_chunks(session: TrainingSession) -> Iterator[str]:
     """The session and all its epochs as one JSON document, written in pieces."""
-    table, connection = _table(session.epochs.all())
+    with _collector_paused():
+        table, connection = _table(session.epochs.all())
     head = json.dumps({"session": session.as_dict()})[:-1]
     yield head + ', "epochs": ['
     separator = ""
     for piece in _pieces(table):
         # One dumps per piece: its "[" and "]" dropped, pieces joined by ", ".
-        yield separator + json.dumps(_api_rows(piece, connection))[1:-1]
+        with _collector_paused():
+            text = json.dumps(_api_rows(piece, connection))[1:-1]
+        yield separator + text
         separator = ", "
     yield "]}\n"

@@ -126,3 +126,41 @@ def test_after_and_from_together_start_at_the_later_one(alice_client, trained):
         f"/api/ml/training-metrics/{trained.pk}?after=3&from=2&to=5"
     ).json()
     assert [e["epoch"] for e in body["epochs"]] == [4, 5]
+
+
+def test_a_finished_sessions_thinned_chart_is_cached_until_it_holds_more(
+    alice_client, make_session
+):
+    from sessions.models import EpochMetric
+
+    session = make_session(total_epochs=300, status="completed")
+    _bulk_epochs(session, 300)
+    url = f"/api/ml/training-metrics/{session.pk}?maxPoints=20"
+    first = alice_client.get(url).json()
+    assert first["downsampled"] is True and first["count"] == 300
+    # Stored epochs never change through the app; changing one behind its back
+    # shows the second answer came from the cache.
+    EpochMetric.objects.filter(session=session, epoch=1).update(train_loss=99.0)
+    assert alice_client.get(url).json() == first
+    # A new epoch (a revived external run logging more) is a different chart.
+    EpochMetric.objects.create(session=session, epoch=301, train_loss=0.001)
+    fresh = alice_client.get(url).json()
+    assert fresh["count"] == 301
+    assert [e for e in fresh["epochs"] if e["epoch"] == 1][0]["metrics"][
+        "train_loss"
+    ] == 99.0
+    assert fresh["epochs"][-1]["epoch"] == 301
+
+
+def test_a_running_sessions_chart_is_never_cached(alice_client, make_session):
+    from sessions.models import EpochMetric
+
+    session = make_session(total_epochs=300, status="running")
+    _bulk_epochs(session, 300)
+    url = f"/api/ml/training-metrics/{session.pk}?maxPoints=20"
+    alice_client.get(url)
+    EpochMetric.objects.filter(session=session, epoch=1).update(train_loss=99.0)
+    body = alice_client.get(url).json()
+    assert [e for e in body["epochs"] if e["epoch"] == 1][0]["metrics"][
+        "train_loss"
+    ] == 99.0
