@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
@@ -19,3 +19,13 @@ def _watch_for_lost_workers(**kwargs: object) -> None:
     from sessions.tasks import start_lost_worker_watch
 
     start_lost_worker_watch()
+
+
+@worker_init.connect
+def _push_from_one_loop(**kwargs: object) -> None:
+    # A worker pushes every epoch: keep its Redis connections (events.py). Sent in
+    # the main process before the pool starts, so it holds for every pool: threads
+    # share the flag, prefork children inherit it.
+    from sessions import events
+
+    events.push_from_one_loop()

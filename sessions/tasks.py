@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import psutil
 from celery import shared_task
-from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import (
     InterfaceError,
@@ -90,12 +89,6 @@ def _retrying(write: Callable[[], T], what: str) -> T:
             connection.close()
             time.sleep(delay)  # back off while the database recovers
             delay = min(delay * 2, 5.0)
-
-
-@worker_process_init.connect
-def _push_from_one_loop(**kwargs: Any) -> None:
-    # A worker process pushes every epoch: keep its Redis connections (events.py).
-    events.push_from_one_loop()
 
 
 # max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",
