@@ -25,7 +25,17 @@ def _watch_for_lost_workers(**kwargs: object) -> None:
 def _train_below_the_web_process(**kwargs: object) -> None:
     # Training is batch work that can keep every core busy; the web process and
     # Redis must not queue behind it, or live events arrive late. The pool's
-    # processes inherit this niceness.
+    # threads (or processes) inherit this niceness.
     from django.conf import settings
 
     os.nice(settings.MLTRACK_WORKER_NICENESS)
+
+
+@worker_init.connect
+def _push_from_one_loop(**kwargs: object) -> None:
+    # A worker pushes every epoch: keep its Redis connections (events.py). Sent in
+    # the main process before the pool starts, so it holds for every pool: threads
+    # share the flag, prefork children inherit it.
+    from sessions import events
+
+    events.push_from_one_loop()

@@ -62,8 +62,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 PORT = env_int("PORT", 8000, minimum=1)
 SITE_URL = os.getenv("SITE_URL", f"http://127.0.0.1:{PORT}").rstrip("/")
 
+# No "daphne" app: it only swaps in its own runserver, and importing it loads Twisted
+# (~40 MB) into every process, the worker's included. The web process is daphne
+# itself (Procfile, scripts/run).
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -95,7 +95,7 @@ def start_worker(
     env: dict,
     log: Path | None = None,
     name: str = "worker",
-    pool: str = "prefork",
+    pool: str = "threads",
     concurrency: int = 2,
     extra_args: tuple[str, ...] = (),
     new_session: bool = False,

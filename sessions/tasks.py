@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import psutil
 from celery import shared_task
-from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import (
     InterfaceError,
@@ -74,6 +73,32 @@ class _Progress:
         }
 
 
+# How stale the status behind should_stop may be: a stop request (or a session
+# failed as lost) is seen within this, at the next epoch boundary or chunk.
+STATUS_CHECK_SECONDS = 0.2
+
+
+class _StopCheck:
+    """should_stop for training.fit: reads the session's status at most every
+    STATUS_CHECK_SECONDS rather than at every epoch and chunk, since a query per
+    epoch is a real share of a small model's epoch of a few milliseconds."""
+
+    def __init__(self, session: TrainingSession) -> None:
+        self.session = session
+        self.status = session.status
+        self.read_at = time.monotonic()
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.read_at >= STATUS_CHECK_SECONDS:
+            self.status = _retrying(
+                self.session.current_status, f"reading session {self.session.pk}"
+            )
+            self.read_at = time.monotonic()
+        # Not only "stopping": a worker that froze past the heartbeat timeout finds
+        # its session failed as lost, and must not go on training it.
+        return self.status != TrainingSession.Status.RUNNING
+
+
 def _retrying(write: Callable[[], T], what: str) -> T:
     """Run a database write, retrying while the database is briefly unavailable
     or locked, for up to MLTRACK_DB_RETRY_SECONDS. A connection that failed is
@@ -90,12 +115,6 @@ def _retrying(write: Callable[[], T], what: str) -> T:
             connection.close()
             time.sleep(delay)  # back off while the database recovers
             delay = min(delay * 2, 5.0)
-
-
-@worker_process_init.connect
-def _push_from_one_loop(**kwargs: Any) -> None:
-    # A worker process pushes every epoch: keep its Redis connections (events.py).
-    events.push_from_one_loop()
 
 
 # max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",
@@ -148,12 +167,6 @@ def run_training(self: Any, session_id: int) -> str:
         stats["diagnostics"] = current
         events.push_epoch(session, row, stats)
 
-    def should_stop() -> bool:
-        # Not only "stopping": a worker that froze past the heartbeat timeout finds
-        # its session failed as lost, and must not go on training it.
-        status = _retrying(session.current_status, f"reading session {session_id}")
-        return status != TrainingSession.Status.RUNNING
-
     try:
         result = training.fit(
             session.model_type,
@@ -161,7 +174,7 @@ def run_training(self: Any, session_id: int) -> str:
             session.params,
             session.total_epochs or 0,
             on_epoch=on_epoch,
-            should_stop=should_stop,
+            should_stop=_StopCheck(session),
             csv_path=session.data_file.path if session.data_file else None,
             target_column=session.target_column or None,
         )

@@ -91,7 +91,7 @@ def test_the_cap_keeps_extra_sessions_queued_with_their_place(workers, make_sess
     worker = workers(
         "capped",
         queue=queue,
-        pool="prefork",
+        pool="threads",
         concurrency=2,
         MLTRACK_MAX_CONCURRENT_RUNS="1",
         MLTRACK_QUEUE_RETRY_SECONDS="1",
@@ -135,7 +135,7 @@ def test_a_session_waiting_on_a_killed_worker_runs_on_the_next_one(
         # for this test; with 3600 s this test fails.
         "MLTRACK_REDELIVERY_SECONDS": "10",
     }
-    first = workers("first", queue=queue, pool="prefork", concurrency=2, **capped)
+    first = workers("first", queue=queue, pool="threads", concurrency=2, **capped)
     lost = long_run(make_session)
     waiting = make_session(model_type="logistic", dataset="iris", total_epochs=3)
     run_training.apply_async((lost.pk,), queue=queue)
