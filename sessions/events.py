@@ -107,9 +107,36 @@ def push_status(session: TrainingSession, event_type: EventType | None = None) -
     _send(session, TrainingEvent(type=event_type, session=session.as_dict()))
 
 
+def record_epoch(
+    session: TrainingSession,
+    epoch: int,
+    metrics: dict[str, Any],
+    duration: float | None,
+    stats: dict[str, Any] | None = None,
+) -> TrainingEvent:
+    """Store one trained epoch and its event in one transaction; return the event
+    for push(). The worker calls this every epoch, so it costs one commit."""
+    with transaction.atomic():
+        row = session.record_epoch(epoch, metrics, duration)
+        event = _epoch_event(session, row, stats)
+        _store(session, event)
+    return event
+
+
+def push(session: TrainingSession, event: TrainingEvent) -> None:
+    """Tell viewers about an event already stored (see record_epoch)."""
+    _push(session, event)
+
+
 def push_epoch(
     session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
 ) -> None:
+    _send(session, _epoch_event(session, row, stats))
+
+
+def _epoch_event(
+    session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None
+) -> TrainingEvent:
     event = TrainingEvent(
         type="training_progress",
         session=session.as_dict(),
@@ -120,7 +147,7 @@ def push_epoch(
     )
     if stats:
         event["stats"] = stats
-    _send(session, event)
+    return event
 
 
 def push_epochs(
@@ -161,7 +188,9 @@ def _store(session: TrainingSession, event: TrainingEvent) -> None:
     """Append the event to the table the polling endpoint reads."""
     from sessions.models import TrainingEvent as StoredEvent
 
-    with transaction.atomic():
+    # Inside record_epoch's transaction no savepoint is needed: a failure there
+    # rolls the whole epoch back, and the worker retries it.
+    with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
             # Serialize event inserts so ids become visible in commit order: a
             # poller that has seen id N can then never miss a later-committed N-1.

@@ -152,10 +152,6 @@ def run_training(self: Any, session_id: int) -> str:
     val_losses: list[float] = []
 
     def on_epoch(result: training.EpochResult) -> None:
-        row = _retrying(
-            lambda: session.record_epoch(result.epoch, result.metrics, result.duration),
-            f"saving epoch {result.epoch} of session {session_id}",
-        )
         train_losses.append(result.metrics["train_loss"])
         val_losses.append(result.metrics["val_loss"])
         # The session keeps every warning seen; the event also says which hold now.
@@ -165,7 +161,15 @@ def run_training(self: Any, session_id: int) -> str:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        events.push_epoch(session, row, stats)
+        # The epoch and its event in one transaction, then the push: one wait for
+        # the write lock, one commit.
+        event = _retrying(
+            lambda: events.record_epoch(
+                session, result.epoch, result.metrics, result.duration, stats
+            ),
+            f"saving epoch {result.epoch} of session {session_id}",
+        )
+        events.push(session, event)
 
     try:
         result = training.fit(
