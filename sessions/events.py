@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
@@ -150,17 +150,28 @@ def _epoch_event(
     return event
 
 
-def push_epochs(
+def record_epochs(
+    session: TrainingSession, rows: list[tuple[int, dict[str, Any], float | None]]
+) -> tuple[Sequence[EpochMetric], list[TrainingEvent]]:
+    """Store a run-logging batch and its events in one transaction (one commit,
+    one wait for the write lock); return the epochs stored and the events for
+    push(), in order."""
+    with transaction.atomic():
+        new = session.record_epochs(rows)
+        announced = _epochs_events(session, new, session.external_stats())
+        for event in announced:
+            _store(session, event)
+    return new, announced
+
+
+def _epochs_events(
     session: TrainingSession,
-    rows: list[EpochMetric],
-    stats: dict[str, Any] | None = None,
-) -> None:
-    """Announce epochs stored in one batch (run logging), in epoch order."""
+    rows: Sequence[EpochMetric],
+    stats: dict[str, Any] | None,
+) -> list[TrainingEvent]:
     if len(rows) <= PER_EPOCH_EVENTS_UP_TO:
-        for row in rows:
-            push_epoch(session, row, stats)
-        return
-    last = rows[-1]
+        return [_epoch_event(session, row, stats) for row in rows]
+    first, last = rows[0], rows[-1]
     event = TrainingEvent(
         type="training_progress",
         session=session.as_dict(),
@@ -170,13 +181,13 @@ def push_epochs(
         savedAt=last.created.timestamp(),
         coalesced={
             "count": len(rows),
-            "firstEpoch": rows[0].epoch,
+            "firstEpoch": first.epoch,
             "lastEpoch": last.epoch,
         },
     )
     if stats:
         event["stats"] = stats
-    _send(session, event)
+    return [event]
 
 
 def event_message(audiences: list[str], text: str) -> dict[str, Any]:

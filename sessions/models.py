@@ -381,7 +381,7 @@ class TrainingSession(models.Model):
         moment = now()
         if not wanted:
             return StoredEpochs(self.pk, [], moment)
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             # Read the whole row under the lock: it is this instance's new state
             # once the changes below are applied, with no reload after.
             locked = TrainingSession.objects.select_for_update().get(pk=self.pk)
