@@ -367,9 +367,11 @@ class Viewer(Protocol):
     async def close(self, code: int | None = None) -> None: ...
 
 
-# How often the process renews its group membership: the Redis layer forgets a
-# member after its group_expiry (a day by default), even one that still listens.
-RENEW_GROUPS_SECONDS = 3600
+# How often the process renews its group membership. The Redis layer forgets a
+# member after its group_expiry (a day by default), even one that still listens,
+# and a flush of the layer forgets every member at once: the process must not go
+# deaf for good. Renewing is one ZADD.
+RENEW_GROUPS_SECONDS = 15
 
 
 class LocalFanout:
@@ -396,13 +398,13 @@ class LocalFanout:
     async def join(self, audience: str, viewer: Viewer) -> None:
         async with self.lock:
             if self.channel is None:
-                channel = await self.layer.new_channel()
-                await self.layer.group_add(EVENTS_GROUP, channel)
-                self.channel = channel
+                self.channel = await self.layer.new_channel()
                 self.tasks = [
-                    asyncio.create_task(self._listen(channel)),
-                    asyncio.create_task(self._renew(channel)),
+                    asyncio.create_task(self._listen(self.channel)),
+                    asyncio.create_task(self._renew(self.channel)),
                 ]
+            # Every new socket renews the membership too (see RENEW_GROUPS_SECONDS).
+            await self.layer.group_add(EVENTS_GROUP, self.channel)
             self.viewers.setdefault(audience, set()).add(viewer)
 
     async def leave(self, audience: str, viewer: Viewer) -> None:

@@ -130,6 +130,29 @@ async def test_sockets_of_one_process_share_one_group_membership(alice, make_ses
     assert events.session_audience(session.pk) not in events.local_fanout().viewers
 
 
+async def test_a_flushed_channel_layer_does_not_leave_the_process_deaf(
+    alice, make_session
+):
+    from channels.db import database_sync_to_async
+
+    session = await database_sync_to_async(make_session)()
+    cookie = await _login(alice)
+    first, _, _ = await connect("/ws/training/", cookie)
+    # Redis forgets the group (flushed by another process, or expired).
+    layer = get_channel_layer()
+    group = events.EVENTS_GROUP
+    await layer.connection(layer.consistent_hash(group)).delete(layer._group_key(group))
+    assert await _members(group) == 0
+    # The next socket to connect renews the process's membership for all.
+    second, _, _ = await connect("/ws/training/", cookie)
+    await database_sync_to_async(events.push_status)(session, "training_started")
+    for communicator in (first, second):
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["type"] == "training_started"
+    await first.disconnect()
+    await second.disconnect()
+
+
 async def _members(group: str) -> int:
     layer = get_channel_layer()
     connection = layer.connection(layer.consistent_hash(group))
