@@ -232,10 +232,21 @@
 
   async function refreshActive() {
     const data = await fetchJson(page.listUrl + "?limit=1");
+    const before = [...active.keys()];
     active.clear();
     data.active.forEach((s) => active.set(s.id, s));
     data.active.forEach(updateHistory);
     renderActive();
+    // Runs that ended while no event came through (a dropped final event, a
+    // reconnect): their history rows still show them running.
+    const ended = before.filter((id) => !active.has(id));
+    await Promise.all(ended.map(async (id) => {
+      const fresh = await fetchJson(page.sessionUrl + id);
+      if (ACTIVE.includes(fresh.session.status)) return;
+      finished.add(id);
+      stopping.delete(id);
+      updateHistory(fresh.session);
+    }));
   }
 
   function switchFocus(session) {
