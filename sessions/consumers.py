@@ -19,6 +19,11 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
     /ws/training/ streams every session the user may see; /ws/training/<id>/ one.
     """
 
+    # Sockets get their events from the process's one listener (events.LocalFanout),
+    # never from a channel of their own: no alias is configured under this name,
+    # so Channels gives a socket no channel and no receive on the Redis layer.
+    channel_layer_alias = "sockets-use-the-local-fanout"
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.audience: str | None = None

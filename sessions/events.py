@@ -453,6 +453,12 @@ class LocalFanout:
     async def _renew(self, channel: str) -> None:
         while True:
             await asyncio.sleep(RENEW_GROUPS_SECONDS)
+            if self.tasks and self.tasks[0].done():
+                # The listener ended without a reset: never leave sockets open
+                # that can no longer hear anything.
+                logger.warning("Channel layer listener ended; closing its sockets")
+                await self._reset()
+                return
             try:
                 await self.layer.group_add(EVENTS_GROUP, channel)
             except Exception:
