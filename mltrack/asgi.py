@@ -5,8 +5,6 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
-# Pool PostgreSQL connections in the web process (see DB_POOL in settings.py).
-os.environ.setdefault("DB_POOL", "1")
 # Set up Django before importing consumers: they import models.
 django_asgi_app = get_asgi_application()
 

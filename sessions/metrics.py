@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from django.core.cache import cache
+from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Count, Max, QuerySet, TextField
 from django.db.models.functions import Cast
@@ -80,7 +81,10 @@ def _table(
         rows = rows.annotate(created_text=Cast("created", TextField()))
         columns = tuple("created_text" if c == "created" else c for c in columns)
     query = _in_range(rows, first, last).values_list(*columns).query
-    sql, params = query.get_compiler(connection=connection).as_sql()
+    try:
+        sql, params = query.get_compiler(connection=connection).as_sql()
+    except EmptyResultSet:  # a bound no row can meet, e.g. beyond the column's range
+        return [], connection
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             _load_times_in_c(cursor.cursor)

@@ -164,3 +164,11 @@ def test_a_running_sessions_chart_is_never_cached(alice_client, make_session):
     assert [e for e in body["epochs"] if e["epoch"] == 1][0]["metrics"][
         "train_loss"
     ] == 99.0
+
+
+def test_a_cursor_beyond_any_epoch_answers_no_epochs(alice_client, trained):
+    # Larger than the epoch column can hold: found by schemathesis as a 500.
+    for query in ("after=158132527864465024", "maxPoints=50&from=99999999999999"):
+        response = alice_client.get(f"/api/ml/training-metrics/{trained.pk}?{query}")
+        assert response.status_code == 200
+        assert response.json()["epochs"] == []
