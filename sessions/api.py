@@ -549,9 +549,8 @@ def log_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
     session = _run_for_owner(request, session_id)
     rows = _clean_epochs(_json_body(request))
     _require_active(session)
-    new, announced = events.record_epochs(session, rows)
-    for event in announced:
-        events.push(session, event)
+    new = session.record_epochs(rows)
+    events.push_epochs(session, new, session.external_stats())
     return _run_response(
         session, received=len(rows), stored=len(new), duplicates=len(rows) - len(new)
     )

@@ -107,27 +107,6 @@ def push_status(session: TrainingSession, event_type: EventType | None = None) -
     _send(session, TrainingEvent(type=event_type, session=session.as_dict()))
 
 
-def record_epoch(
-    session: TrainingSession,
-    epoch: int,
-    metrics: dict[str, Any],
-    duration: float | None,
-    stats: dict[str, Any] | None = None,
-) -> TrainingEvent:
-    """Store one trained epoch and its event in one transaction; return the event
-    for push(). The worker calls this every epoch, so it costs one commit."""
-    with transaction.atomic():
-        row = session.record_epoch(epoch, metrics, duration)
-        event = _epoch_event(session, row, stats)
-        _store(session, event)
-    return event
-
-
-def push(session: TrainingSession, event: TrainingEvent) -> None:
-    """Tell viewers about an event already stored (see record_epoch)."""
-    _push(session, event)
-
-
 def push_epoch(
     session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
 ) -> None:
@@ -150,18 +129,14 @@ def _epoch_event(
     return event
 
 
-def record_epochs(
-    session: TrainingSession, rows: list[tuple[int, dict[str, Any], float | None]]
-) -> tuple[Sequence[EpochMetric], list[TrainingEvent]]:
-    """Store a run-logging batch and its events in one transaction (one commit,
-    one wait for the write lock); return the epochs stored and the events for
-    push(), in order."""
-    with transaction.atomic():
-        new = session.record_epochs(rows)
-        announced = _epochs_events(session, new, session.external_stats())
-        for event in announced:
-            _store(session, event)
-    return new, announced
+def push_epochs(
+    session: TrainingSession,
+    rows: Sequence[EpochMetric],
+    stats: dict[str, Any] | None = None,
+) -> None:
+    """Announce epochs stored in one batch (run logging), in epoch order."""
+    for event in _epochs_events(session, rows, stats):
+        _send(session, event)
 
 
 def _epochs_events(

@@ -161,15 +161,15 @@ def run_training(self: Any, session_id: int) -> str:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        # The epoch and its event in one transaction, then the push: one wait for
-        # the write lock, one commit.
-        event = _retrying(
-            lambda: events.record_epoch(
-                session, result.epoch, result.metrics, result.duration, stats
-            ),
+        # The epoch first, then its push and its stored event (push_epoch). Storing
+        # the event in the epoch's transaction saved a commit, but on PostgreSQL
+        # it held the event-order lock across every run's commit: 10 runs at once
+        # then queued for seconds (bench/NOTES.md).
+        row = _retrying(
+            lambda: session.record_epoch(result.epoch, result.metrics, result.duration),
             f"saving epoch {result.epoch} of session {session_id}",
         )
-        events.push(session, event)
+        events.push_epoch(session, row, stats)
 
     try:
         result = training.fit(
