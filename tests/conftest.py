@@ -263,9 +263,12 @@ def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     new_page = context.new_page()
     problems: list[str] = []
-    new_page.on(
-        "console", lambda m: problems.append(m.text) if m.type == "error" else None
-    )
+    def note_console(message) -> None:
+        if message.type == "error":
+            # A failed load names no URL in its text; the location says which.
+            problems.append(f"{message.text} ({message.location.get('url', '')})")
+
+    new_page.on("console", note_console)
     new_page.on("pageerror", lambda e: problems.append(str(e)))
     new_page.console_problems = problems
     yield new_page
