@@ -9,7 +9,7 @@ from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, models, transaction
+from django.db import NotSupportedError, connection, connections, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -341,29 +341,37 @@ class TrainingSession(models.Model):
         about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
         """
         moment = now()
-        with transaction.atomic(savepoint=False):
+        row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
+        moved = {
+            "current_epoch": max(self.current_epoch, epoch),
+            "heartbeat_at": moment,
+            "final_metrics": row.metrics,
+            "best_val_accuracy": self.best_val_accuracy,
+        }
+        accuracy = row.val_accuracy
+        if accuracy is not None and (
+            self.best_val_accuracy is None or accuracy > self.best_val_accuracy
+        ):
+            moved["best_val_accuracy"] = accuracy
+        item = [(epoch, metrics, duration)]
+        if connection.vendor == "postgresql":
+            # One statement, so one round trip and no BEGIN/COMMIT of our own:
+            # with 10 runs in one worker each round trip also waits for the GIL
+            # (bench/NOTES.md).
             inserted = EpochMetric.objects.insert_epochs(
-                self.pk, [(epoch, metrics, duration)], moment
+                self.pk, item, moment, session_update=moved
             )
-            if not inserted:
-                # A retried save whose first attempt committed before the
-                # connection broke: the epoch is stored once, as first written.
-                return EpochMetric.objects.get(session=self, epoch=epoch)
-            row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
-            self.current_epoch = max(self.current_epoch, epoch)
-            self.heartbeat_at = moment
-            self.final_metrics = row.metrics
-            accuracy = row.val_accuracy
-            if accuracy is not None and (
-                self.best_val_accuracy is None or accuracy > self.best_val_accuracy
-            ):
-                self.best_val_accuracy = accuracy
-            TrainingSession.objects.filter(pk=self.pk).update(
-                current_epoch=self.current_epoch,
-                heartbeat_at=self.heartbeat_at,
-                final_metrics=self.final_metrics,
-                best_val_accuracy=self.best_val_accuracy,
-            )
+        else:
+            with transaction.atomic(savepoint=False):
+                inserted = EpochMetric.objects.insert_epochs(self.pk, item, moment)
+                if inserted:
+                    TrainingSession.objects.filter(pk=self.pk).update(**moved)
+        if not inserted:
+            # A retried save whose first attempt committed before the
+            # connection broke: the epoch is stored once, as first written.
+            return EpochMetric.objects.get(session=self, epoch=epoch)
+        for name, value in moved.items():
+            setattr(self, name, value)
         return row
 
     def record_epochs(
@@ -432,9 +440,13 @@ class EpochMetricQuerySet(models.QuerySet):
         session_id: int,
         items: list[tuple[int, dict[str, Any], float | None]],
         created: Any,
+        session_update: dict[str, Any] | None = None,
     ) -> set[int]:
         """INSERT (epoch, metrics, duration) rows and return the epochs inserted:
         an epoch already stored is kept as it was.
+
+        session_update (PostgreSQL only): columns of the session to set in the
+        same statement when at least one row was inserted.
 
         bulk_create of a 1,000-epoch log batch spent most of its time building
         model instances and preparing each of their fields: here values go to the
@@ -487,12 +499,17 @@ class EpochMetricQuerySet(models.QuerySet):
                     for name in columns
                 ]
                 arrays = ", ".join(f"%s::{db_type}[]" for db_type in types)
-                cursor.execute(
-                    f"{head} SELECT *, %s, %s FROM unnest({arrays}){tail}",
-                    [session_id, moment, *map(list, zip(*values, strict=True))],
-                )
+                sql = f"{head} SELECT *, %s, %s FROM unnest({arrays}){tail}"
+                params = [session_id, moment, *map(list, zip(*values, strict=True))]
+                if session_update:
+                    sql, params = _and_update_session(
+                        connection, sql, params, session_id, session_update
+                    )
+                cursor.execute(sql, params)
                 inserted.update(epoch for (epoch,) in cursor.fetchall())
                 return inserted
+            if session_update:
+                raise NotSupportedError("session_update needs PostgreSQL")
             one_row = "(" + ", ".join(["%s"] * (len(columns) + 2)) + ")"
             for start in range(0, len(values), 500):
                 batch = values[start : start + 500]
@@ -502,6 +519,31 @@ class EpochMetricQuerySet(models.QuerySet):
                 )
                 inserted.update(epoch for (epoch,) in cursor.fetchall())
         return inserted
+
+
+def _and_update_session(
+    connection: Any,
+    insert_sql: str,
+    insert_params: list[Any],
+    session_id: int,
+    columns: dict[str, Any],
+) -> tuple[str, list[Any]]:
+    """The INSERT ... RETURNING "epoch" and an UPDATE of the session's columns,
+    done only if a row was inserted, as one statement (a data-modifying CTE)."""
+    quote = connection.ops.quote_name
+    fields = [TrainingSession._meta.get_field(name) for name in columns]
+    sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    values = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, columns.values(), strict=True)
+    ]
+    sql = (
+        f"WITH new AS ({insert_sql}), moved AS ("
+        f"UPDATE {quote(TrainingSession._meta.db_table)} SET {sets} "
+        f"WHERE {quote('id')} = %s AND EXISTS (SELECT 1 FROM new)) "
+        'SELECT "epoch" FROM new'
+    )
+    return sql, [*insert_params, *values, session_id]
 
 
 class StoredEpochs(Sequence["EpochMetric"]):
