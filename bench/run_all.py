@@ -55,16 +55,16 @@ def run_json(command: list[str], out: Path, saved: bool = False) -> list[Figure]
 def versions(peers_python: str | None) -> dict[str, str]:
     import celery
     import channels
-    import channels_redis
     import daphne
     import django
+    import redis
     import sklearn
 
     found = {
         "Python": platform.python_version(),
         "Django": django.__version__,
         "Channels": channels.__version__,
-        "channels-redis": channels_redis.__version__,
+        "redis-py": redis.__version__,
         "Daphne": daphne.__version__,
         "Celery": celery.__version__,
         "scikit-learn": sklearn.__version__,
