@@ -46,7 +46,7 @@ def test_the_extremes_of_every_bucket_are_kept():
 def test_each_series_is_thinned_on_its_own():
     series = {"a": [float(i) for i in range(5000)], "b": [None] * 4999 + [1.0]}
     kept = downsample_series(series, 500)
-    assert len(kept["a"]) <= 500 and kept["b"] == [4999]
+    assert len(kept["a"]) <= 500 and kept["b"].tolist() == [4999]
 
 
 def test_it_rejects_a_budget_below_two_points():
