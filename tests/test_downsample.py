@@ -52,3 +52,9 @@ def test_each_series_is_thinned_on_its_own():
 def test_it_rejects_a_budget_below_two_points():
     with pytest.raises(ValueError, match="at least 2"):
         min_max_indices([1.0, 2.0, 3.0], 1)
+
+
+def test_the_first_of_equal_extremes_is_kept():
+    # Buckets of 4: [1, 0, 0, 1] and [2, 2, 3, 3].
+    values = [1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    assert min_max_indices(values, 6) == [0, 1, 4, 6, 7]
