@@ -3,9 +3,11 @@
 A 100,000-epoch session must open as fast as a short one. Rows come from the
 driver as plain tuples: Django's per-row converters (a timestamp parsed from
 text on SQLite, JSON decoded on both) cost more than the query itself, so times
-and extra metrics are converted only for the rows that are sent. Exports are
-written in large pieces: Django's ASGI handler sends each piece of a streamed
-response as a message of its own.
+and extra metrics are converted only for the rows that are sent. A thinned chart
+goes further: its metrics become numpy arrays, from one packed value on
+PostgreSQL, and only the rows it sends become dicts. Exports are written in
+large pieces: Django's ASGI handler sends each piece of a streamed response as
+a message of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ _COLUMNS = ("epoch", *STANDARD_METRICS, "duration", "created", "extra")
 # Positions in a row of _COLUMNS.
 _DURATION, _CREATED, _EXTRA = 9, 10, 11
 _NO_EXTRA = "{}"
+_STANDARD = frozenset(STANDARD_METRICS)
 _QUOTED_STANDARD = tuple(f'"{name}"' for name in STANDARD_METRICS)
 _QUOTED_METRICS = ", ".join(("epoch", *_QUOTED_STANDARD, "duration"))
 # A row of _postgresql_columns' packed bytes: PostgreSQL's send formats, which
@@ -293,10 +296,10 @@ def _thinned_chart(
     chosen: dict[int, dict[str, Any]] = {}
     for name, column in series.items():
         indices = kept_indices(column, max_points).tolist()
-        if name in extras:
-            values = [extras[name][index] for index in indices]
-        else:
+        if name in _STANDARD:
             values = column[indices].tolist()
+        else:
+            values = [extras[name][index] for index in indices]
         for index, value in zip(indices, values, strict=True):
             if index in chosen:
                 chosen[index][name] = value
