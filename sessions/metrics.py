@@ -340,6 +340,11 @@ class _Columns(NamedTuple):
 def _chart_columns(rows: QuerySet[EpochMetric]) -> _Columns:
     """All of `rows` (in epoch order) in one query, as columns."""
     connection = connections[rows.db]
+    if connection.vendor == "postgresql":
+        # Unordered: a run's rows are stored mostly in epoch order, and sorting
+        # them in numpy when they are not costs less than a sort by PostgreSQL,
+        # which the plan for a table without statistics yet did (4-6 ms).
+        rows = rows.order_by()
     query = rows.values_list(*_COLUMNS).query
     try:
         sql, params = query.get_compiler(connection=connection).as_sql()
@@ -409,8 +414,6 @@ def _postgresql_columns(connection: Any, sql: str | None, params: Any) -> _Colum
         )
     table = np.frombuffer(data or b"", dtype=_PACKED_ROW)
     if (np.diff(table["epoch"]) <= 0).any():
-        # string_agg takes the rows in the subquery's order, though SQL does not
-        # promise it; an ORDER BY in the aggregate sorts them again (4 ms here).
         table = table[np.argsort(table["epoch"], kind="stable")]
     epochs = table["epoch"].astype(np.int64)
     return _Columns(
