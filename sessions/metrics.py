@@ -392,7 +392,7 @@ def _sqlite_columns(connection: Any, sql: str | None, params: Any) -> _Columns:
 def _floats(values: Sequence[float | None]) -> np.ndarray:
     """A column of numbers as floats, None as NaN."""
     try:
-        # Twice as fast as np.array(), which checks each value's type first.
+        # A third faster than np.array(), which checks each value first.
         return np.fromiter(values, dtype=np.float64, count=len(values))
     except TypeError:  # a None
         return np.array(values, dtype=np.float64)
