@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import PurePath
 from typing import Any
 
@@ -332,11 +332,7 @@ class TrainingSession(models.Model):
         )
 
     def record_epoch(
-        self,
-        epoch: int,
-        metrics: dict[str, Any],
-        duration: float | None = None,
-        created: datetime | None = None,
+        self, epoch: int, metrics: dict[str, Any], duration: float | None = None
     ) -> EpochMetric:
         """Store one epoch's metrics and move the session's counters, atomically.
 
@@ -344,7 +340,7 @@ class TrainingSession(models.Model):
         there and one UPDATE, where a duplicate check first and model saves cost
         about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
         """
-        moment = created or now()
+        moment = now()
         row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
         moved = {
             "current_epoch": max(self.current_epoch, epoch),

@@ -4,23 +4,26 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 from celery import shared_task
 from django.conf import settings
 from django.db import (
+    InterfaceError,
+    OperationalError,
     close_old_connections,
     connection,
 )
 
 from sessions import diagnostics, events
 from sessions.models import TrainingSession
-from sessions.recorder import recorder, retrying
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 5
 
@@ -87,13 +90,31 @@ class _StopCheck:
 
     def __call__(self) -> bool:
         if time.monotonic() - self.read_at >= STATUS_CHECK_SECONDS:
-            self.status = retrying(
+            self.status = _retrying(
                 self.session.current_status, f"reading session {self.session.pk}"
             )
             self.read_at = time.monotonic()
         # Not only "stopping": a worker that froze past the heartbeat timeout finds
         # its session failed as lost, and must not go on training it.
         return self.status != TrainingSession.Status.RUNNING
+
+
+def _retrying(write: Callable[[], T], what: str) -> T:
+    """Run a database write, retrying while the database is briefly unavailable
+    or locked, for up to MLTRACK_DB_RETRY_SECONDS. A connection that failed is
+    closed, so the next attempt opens a fresh one."""
+    deadline = time.monotonic() + settings.MLTRACK_DB_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            connection.close()
+            time.sleep(delay)  # back off while the database recovers
+            delay = min(delay * 2, 5.0)
 
 
 # max_retries=None on the task: retry(max_retries=None) would mean "the default, 3",
@@ -124,7 +145,6 @@ def run_training(self: Any, session_id: int) -> str:
     events.push_status(session, "training_started")
 
     progress = _Progress(session.total_epochs or 0)
-    epochs = recorder()
     heartbeat = _Heartbeat(session)
     heartbeat.start()
 
@@ -138,45 +158,41 @@ def run_training(self: Any, session_id: int) -> str:
         current = diagnostics.diagnose(train_losses, val_losses)
         flagged = diagnostics.merge(session.diagnostics, current)
         if flagged != session.diagnostics:
-            retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
+            _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        # Saved, stored and pushed by the recorder, off this thread; it raises
-        # here if it could not save this run's earlier epochs.
-        epochs.add(session, result.epoch, result.metrics, result.duration, stats)
-
-    def fit_and_save() -> training.FitResult:
-        try:
-            return training.fit(
-                session.model_type,
-                session.dataset,
-                session.params,
-                session.total_epochs or 0,
-                on_epoch=on_epoch,
-                should_stop=_StopCheck(session),
-                csv_path=session.data_file.path if session.data_file else None,
-                target_column=session.target_column or None,
-            )
-        finally:
-            # Every epoch saved and pushed before the final status, even when
-            # training failed.
-            epochs.flush(session)
+        # The epoch first, then its push; its event is stored in a batch with
+        # others, off this thread (events._EventWriter).
+        row = _retrying(
+            lambda: session.record_epoch(result.epoch, result.metrics, result.duration),
+            f"saving epoch {result.epoch} of session {session_id}",
+        )
+        events.push_epoch(session, row, stats, store_later=True)
 
     try:
-        result = fit_and_save()
+        result = training.fit(
+            session.model_type,
+            session.dataset,
+            session.params,
+            session.total_epochs or 0,
+            on_epoch=on_epoch,
+            should_stop=_StopCheck(session),
+            csv_path=session.data_file.path if session.data_file else None,
+            target_column=session.target_column or None,
+        )
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()
-        retrying(lambda: session.mark_failed(reason, trace), "failing the session")
+        _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
         message = f"Training crashed: {type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
-        retrying(lambda: session.mark_failed(message, trace), "failing the session")
+        _retrying(lambda: session.mark_failed(message, trace), "failing the session")
     else:
         if result.stopped:
-            retrying(lambda: session.mark_stopped(result.report), "stopping")
+            _retrying(lambda: session.mark_stopped(result.report), "stopping")
         else:
-            retrying(lambda: session.mark_completed(result.report), "completing")
+            _retrying(lambda: session.mark_completed(result.report), "completing")
     finally:
         heartbeat.done.set()
         heartbeat.join()
