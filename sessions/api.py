@@ -421,11 +421,12 @@ def _optional_text(body: dict, name: str, max_length: int) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float column
+        return False
 
 
 @api_view(("POST",))
