@@ -106,14 +106,28 @@ def push_status(session: TrainingSession, event_type: EventType | None = None) -
 
 
 def push_epoch(
-    session: TrainingSession,
-    row: EpochMetric,
-    stats: dict[str, Any] | None = None,
-    store_later: bool = False,
+    session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
 ) -> None:
-    """Announce one saved epoch. store_later: the worker's epochs, whose events
-    are stored in batches off the training thread (_EventWriter)."""
-    _send(session, _epoch_event(session, row, stats), store_later)
+    """Announce one saved epoch (the worker's go through push_trained)."""
+    _send(session, _epoch_event(session, row, stats))
+
+
+def push_trained(
+    session: TrainingSession,
+    rows: Sequence[EpochMetric],
+    stats: Sequence[dict[str, Any] | None],
+) -> None:
+    """Announce epochs the worker has just saved, in order: one Redis round trip
+    for them all, and their events stored in batches off the training thread
+    (_EventWriter)."""
+    announced = [
+        _epoch_event(session, row, row_stats)
+        for row, row_stats in zip(rows, stats, strict=True)
+    ]
+    _push(session, *announced)
+    writer = _writer()
+    for event in announced:
+        writer.add(session, event)
 
 
 def _epoch_event(
@@ -213,14 +227,9 @@ def _store(items: Sequence[tuple[TrainingSession, TrainingEvent]]) -> None:
         StoredEvent.objects.prune(EVENT_RETENTION)
 
 
-def _send(
-    session: TrainingSession, event: TrainingEvent, store_later: bool = False
-) -> None:
+def _send(session: TrainingSession, event: TrainingEvent) -> None:
     # Viewers first, pollers second.
     _push(session, event)
-    if store_later:
-        _writer().add(session, event)
-        return
     try:
         # Keep the table in event order: this process's queued events go first.
         _writer().flush()
@@ -319,15 +328,27 @@ def _writer() -> _EventWriter:
     return writer
 
 
-def _push(session: TrainingSession, event: TrainingEvent) -> None:
-    # Serialised once here, not once per viewer in every web process.
-    text = json.dumps(event)
-    what = f"{event['type']} for session {session.pk}"
+def _push(session: TrainingSession, *announced: TrainingEvent) -> None:
+    audiences = audiences_for(session)
     try:
         publisher, channel = _publisher()
-        publisher.publish(channel, wire_message(audiences_for(session), text))
+        if len(announced) == 1:
+            # Serialised once here, not once per viewer in every web process.
+            publisher.publish(
+                channel, wire_message(audiences, json.dumps(announced[0]))
+            )
+            return
+        pipe = publisher.pipeline(transaction=False)
+        for event in announced:
+            pipe.publish(channel, wire_message(audiences, json.dumps(event)))
+        pipe.execute()
     except redis.RedisError:  # Redis down or restarting: pages will backfill
-        logger.warning("Could not push %s", what, exc_info=True)
+        logger.warning(
+            "Could not push %s for session %s",
+            ", ".join(event["type"] for event in announced),
+            session.pk,
+            exc_info=True,
+        )
 
 
 _publishers: dict[tuple[int, str], tuple[redis.Redis, str]] = {}

@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Any
 
@@ -334,46 +334,69 @@ class TrainingSession(models.Model):
     def record_epoch(
         self, epoch: int, metrics: dict[str, Any], duration: float | None = None
     ) -> EpochMetric:
-        """Store one epoch's metrics and move the session's counters, atomically.
+        """Store one epoch's metrics and move the session's counters, atomically."""
+        return self.record_trained([(epoch, metrics, duration, now())])[0]
 
-        The worker calls this every epoch: one INSERT that skips an epoch already
-        there and one UPDATE, where a duplicate check first and model saves cost
-        about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
+    def record_trained(
+        self, items: list[tuple[int, dict[str, Any], float | None, datetime]]
+    ) -> list[EpochMetric]:
+        """Store epochs the worker trained, (epoch, metrics, duration, finished at),
+        and move the session's counters, atomically; return their rows in order.
+
+        The worker calls this every epoch or every few: one INSERT that skips an
+        epoch already there and one UPDATE, where a duplicate check first and
+        model saves cost about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
         """
-        moment = now()
-        row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
+        rows = [
+            EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished)
+            for epoch, metrics, duration, finished in items
+        ]
+        last = max(rows, key=lambda row: row.epoch)
         moved = {
-            "current_epoch": max(self.current_epoch, epoch),
-            "heartbeat_at": moment,
-            "final_metrics": row.metrics,
+            "current_epoch": max(self.current_epoch, last.epoch),
+            "heartbeat_at": max(row.created for row in rows),
+            "final_metrics": last.metrics,
             "best_val_accuracy": self.best_val_accuracy,
         }
-        accuracy = row.val_accuracy
-        if accuracy is not None and (
-            self.best_val_accuracy is None or accuracy > self.best_val_accuracy
-        ):
-            moved["best_val_accuracy"] = accuracy
-        item = [(epoch, metrics, duration)]
+        for row in rows:
+            accuracy = row.val_accuracy
+            if accuracy is not None and (
+                moved["best_val_accuracy"] is None
+                or accuracy > moved["best_val_accuracy"]
+            ):
+                moved["best_val_accuracy"] = accuracy
+        epochs = [
+            (row.epoch, metrics, row.duration)
+            for row, (_, metrics, _, _) in zip(rows, items, strict=True)
+        ]
+        created = [row.created for row in rows]
         if connection.vendor == "postgresql":
             # One statement, so one round trip and no BEGIN/COMMIT of our own:
             # with 10 runs in one worker each round trip also waits for the GIL
             # (bench/NOTES.md).
             inserted = EpochMetric.objects.insert_epochs(
-                self.pk, item, moment, session_update=moved
+                self.pk, epochs, created, session_update=moved
             )
         else:
             with transaction.atomic(savepoint=False):
-                inserted = EpochMetric.objects.insert_epochs(self.pk, item, moment)
+                inserted = EpochMetric.objects.insert_epochs(self.pk, epochs, created)
                 if inserted:
                     with connection.cursor() as cursor:
                         cursor.execute(*_session_update(connection, self.pk, moved))
-        if not inserted:
+        if inserted:
+            for name, value in moved.items():
+                setattr(self, name, value)
+        if len(inserted) < len(rows):
             # A retried save whose first attempt committed before the
-            # connection broke: the epoch is stored once, as first written.
-            return EpochMetric.objects.get(session=self, epoch=epoch)
-        for name, value in moved.items():
-            setattr(self, name, value)
-        return row
+            # connection broke: an epoch is stored once, as first written.
+            stored = {
+                row.epoch: row
+                for row in EpochMetric.objects.filter(
+                    session=self, epoch__in=[r.epoch for r in rows]
+                )
+            }
+            rows = [row if row.epoch in inserted else stored[row.epoch] for row in rows]
+        return rows
 
     def record_epochs(
         self, rows: list[tuple[int, dict[str, Any], float | None]]
@@ -458,12 +481,14 @@ class EpochMetricQuerySet(models.QuerySet):
         connection = connections[self.db]
         extra_field = EpochMetric._meta.get_field("extra")
         no_extra = extra_field.get_db_prep_save({}, connection)
-        moment = EpochMetric._meta.get_field("created").get_db_prep_save(
-            created, connection
-        )
-        # (epoch, *standard metrics, duration, extra) per row.
+        created_field = EpochMetric._meta.get_field("created")
+        if isinstance(created, list | tuple):
+            moments = [created_field.get_db_prep_save(c, connection) for c in created]
+        else:
+            moments = [created_field.get_db_prep_save(created, connection)] * len(items)
+        # (epoch, *standard metrics, duration, extra, created) per row.
         values = []
-        for epoch, metrics, duration in items:
+        for (epoch, metrics, duration), moment in zip(items, moments, strict=True):
             get = metrics.get
             extra = {k: v for k, v in metrics.items() if k not in _STANDARD_SET}
             values.append(
@@ -477,14 +502,14 @@ class EpochMetricQuerySet(models.QuerySet):
                     extra_field.get_db_prep_save(extra, connection)
                     if extra
                     else no_extra,
+                    moment,
                 )
             )
         quote = connection.ops.quote_name
-        columns = ("epoch", *STANDARD_METRICS, "duration", "extra")
+        columns = ("epoch", *STANDARD_METRICS, "duration", "extra", "created")
         head = (
             f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
-            f"({', '.join(quote(name) for name in columns)}, "
-            f"{quote('session_id')}, {quote('created')}) "
+            f"({', '.join(quote(name) for name in columns)}, {quote('session_id')}) "
         )
         # RETURNING lists only the rows inserted (SQLite 3.35+, PostgreSQL), so no
         # query for the epochs already there is needed.
@@ -500,8 +525,8 @@ class EpochMetricQuerySet(models.QuerySet):
                     for name in columns
                 ]
                 arrays = ", ".join(f"%s::{db_type}[]" for db_type in types)
-                sql = f"{head} SELECT *, %s, %s FROM unnest({arrays}){tail}"
-                params = [session_id, moment, *map(list, zip(*values, strict=True))]
+                sql = f"{head} SELECT *, %s FROM unnest({arrays}){tail}"
+                params = [session_id, *map(list, zip(*values, strict=True))]
                 if session_update:
                     sql, params = _and_update_session(
                         connection, sql, params, session_id, session_update
@@ -511,12 +536,12 @@ class EpochMetricQuerySet(models.QuerySet):
                 return inserted
             if session_update:
                 raise NotSupportedError("session_update needs PostgreSQL")
-            one_row = "(" + ", ".join(["%s"] * (len(columns) + 2)) + ")"
+            one_row = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
             for start in range(0, len(values), 500):
                 batch = values[start : start + 500]
                 cursor.execute(
                     f"{head} VALUES {', '.join([one_row] * len(batch))}{tail}",
-                    [value for row in batch for value in (*row, session_id, moment)],
+                    [value for row in batch for value in (*row, session_id)],
                 )
                 inserted.update(epoch for (epoch,) in cursor.fetchall())
         return inserted
