@@ -163,22 +163,13 @@ def _epochs_events(
 ) -> list[TrainingEvent]:
     if len(rows) <= PER_EPOCH_EVENTS_UP_TO:
         return [_epoch_event(session, row, stats) for row in rows]
-    first, last = rows[0], rows[-1]
-    event = TrainingEvent(
-        type="training_progress",
-        session=session.as_dict(),
-        epoch=last.epoch,
-        metrics=last.metrics,
-        duration=last.duration,
-        savedAt=last.created.timestamp(),
-        coalesced={
-            "count": len(rows),
-            "firstEpoch": first.epoch,
-            "lastEpoch": last.epoch,
-        },
-    )
-    if stats:
-        event["stats"] = stats
+    # Too many to announce one by one: the last epoch stands for them all.
+    event = _epoch_event(session, rows[-1], stats)
+    event["coalesced"] = {
+        "count": len(rows),
+        "firstEpoch": rows[0].epoch,
+        "lastEpoch": rows[-1].epoch,
+    }
     return [event]
 
 
