@@ -126,19 +126,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif env_bool("DB_POOL", False):
     # Daphne runs each request on a thread of its own and Django's connections are
     # per thread, so CONN_MAX_AGE keeps nothing: every request paid for a new
-    # PostgreSQL connection (~9 ms here). Off by default: in the test suite a
-    # pool of 20 ran dry after 300 simultaneous WebSocket handshakes and stayed dry
-    # (PoolTimeout on every later connection), a leak not yet found. Never for the
-    # worker: a pool must not be inherited across a fork. The check finds
-    # connections that died with a database restart before a request gets one.
+    # PostgreSQL connection (~9 ms here). Off by default until a leak is fixed:
+    # a request cancelled by daphne never gave its connection back
+    # (mltrack/asgi.py). Never for the worker: a pool must not be inherited across
+    # a fork. The check finds connections that died with a database restart before
+    # a request gets one.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    pool_size = env_int("DB_POOL_MAX_SIZE", 20, minimum=1)
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {
-            "min_size": 2,
-            "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
-            "timeout": 10,
-        }
+        "pool": {"min_size": min(2, pool_size), "max_size": pool_size, "timeout": 10}
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
