@@ -57,8 +57,17 @@ class SyncViewsASGIHandler(ASGIHandler):
                 raise
 
 
-# Set up Django before importing consumers: they import models.
-django.setup(set_prefix=False)
+# The web process pools its PostgreSQL connections (DB_POOL in settings.py): a new
+# connection cost ~8 ms of a ~20 ms log call (bench/NOTES.md). Only for the settings
+# read here: processes started from this one (a test's Celery worker) keep theirs.
+pool_by_default = "DB_POOL" not in os.environ
+os.environ.setdefault("DB_POOL", "1")
+try:
+    # Set up Django before importing consumers: they import models.
+    django.setup(set_prefix=False)
+finally:
+    if pool_by_default:
+        del os.environ["DB_POOL"]
 django_asgi_app = SyncViewsASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -126,11 +126,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif env_bool("DB_POOL", False):
     # Daphne runs each request on a thread of its own and Django's connections are
     # per thread, so CONN_MAX_AGE keeps nothing: every request paid for a new
-    # PostgreSQL connection (~9 ms here). Off by default until a leak is fixed:
-    # a request cancelled by daphne never gave its connection back
-    # (mltrack/asgi.py). Never for the worker: a pool must not be inherited across
-    # a fork. The check finds connections that died with a database restart before
-    # a request gets one.
+    # PostgreSQL connection (~9 ms here). mltrack/asgi.py turns the pool on for
+    # the web process only: a pool must not be inherited across a fork, as
+    # Celery's prefork children would. The check finds connections that died with
+    # a database restart before a request gets one.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     pool_size = env_int("DB_POOL_MAX_SIZE", 20, minimum=1)
