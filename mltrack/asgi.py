@@ -2,44 +2,63 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections
+from django.core.signals import request_finished
+from django.db import close_old_connections, connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
+
+REQUEST_THREAD = "web-request"
 
 
 class SyncViewsASGIHandler(ASGIHandler):
     """Django's ASGI handler, running each request's middleware and view in one
-    step on the request's thread, then giving its database connection back there.
+    step on one of a fixed set of threads, each of which keeps its database
+    connection from one request to the next.
 
     Every view here is synchronous. Django's own handler runs the middleware
     asynchronously and hops to the request's thread and back for each middleware
-    method (about 16 hops a request); here it is one hop (bench/NOTES.md).
+    method (about 16 hops a request); here it is one hop.
 
-    It also stops pooled PostgreSQL connections from leaking. Django gives a
-    request's connection back when request_finished runs on the request's thread,
-    after the response. When a client leaves before the answer and the request is
-    still running 10 s later, daphne cancels it: request_finished is never run,
-    the thread ends holding its connection, and the pool loses it for good
-    (tests/integration/test_connection_pool.py). Here the thread gives it back as
-    soon as the view and middleware are done, whatever happens to the request.
+    Django's handler also gives each request a thread of its own, so a database
+    connection could not outlive its request: every request paid for a new one
+    (~8 ms on PostgreSQL). Here the threads live on, CONN_MAX_AGE keeps their
+    connections and CONN_HEALTH_CHECKS replaces one that died (a database
+    restart) before a request uses it. Nothing is handed from thread to thread,
+    so nothing can be lost when daphne cancels a request whose client has gone:
+    with a pool of connections instead, such a request never gave its connection
+    back (tests/integration/test_connection_pool.py; bench/NOTES.md).
     """
+
+    def __init__(self) -> None:
+        self.threads = ThreadPoolExecutor(
+            settings.WEB_THREADS, thread_name_prefix=REQUEST_THREAD
+        )
+        super().__init__()
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
         chain = self._middleware_chain
 
         def respond(request: Any) -> Any:
+            # What request_started and request_finished do for WSGI servers,
+            # on the thread whose connection it is.
+            close_old_connections()
             try:
                 return chain(request)
             finally:
                 close_old_connections()
 
-        self._middleware_chain = sync_to_async(respond, thread_sensitive=True)
+        self._middleware_chain = sync_to_async(
+            respond, thread_sensitive=False, executor=self.threads
+        )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,25 +68,34 @@ class SyncViewsASGIHandler(ASGIHandler):
                 await self.handle(scope, receive, send)
             except BaseException:
                 # Cancelled or failed after the view: request_finished may not
-                # have run, and a streaming response's iterator may have opened
-                # a connection again. Close it on the request's thread, before
-                # the context ends that thread; shielded, as daphne cancels
-                # again while this waits.
-                await asyncio.shield(sync_to_async(close_old_connections)())
+                # have run on the request's own thread, where a streaming
+                # response's iterator may have opened a connection. Close it
+                # before the context ends that thread; shielded, as daphne
+                # cancels again while this waits.
+                await asyncio.shield(sync_to_async(connections.close_all)())
                 raise
 
 
-# The web process pools its PostgreSQL connections (DB_POOL in settings.py): a new
-# connection cost ~8 ms of a ~20 ms log call (bench/NOTES.md). Only for the settings
-# read here: processes started from this one (a test's Celery worker) keep theirs.
-pool_by_default = "DB_POOL" not in os.environ
-os.environ.setdefault("DB_POOL", "1")
+def _close_short_lived(**kwargs: Any) -> None:
+    # request_finished runs on the request's own thread (Django's
+    # ThreadSensitiveContext), which ends with the request: a connection a
+    # streaming response opened there must not be kept for the next one.
+    if not threading.current_thread().name.startswith(REQUEST_THREAD):
+        connections.close_all()
+
+
+# The web process keeps its connections (see SyncViewsASGIHandler); only for the
+# settings read here, so a process started from this one (a test's Celery worker)
+# keeps its own default.
+keep_by_default = "DB_CONN_MAX_AGE" not in os.environ
+os.environ.setdefault("DB_CONN_MAX_AGE", "600")
 try:
     # Set up Django before importing consumers: they import models.
     django.setup(set_prefix=False)
 finally:
-    if pool_by_default:
-        del os.environ["DB_POOL"]
+    if keep_by_default:
+        del os.environ["DB_CONN_MAX_AGE"]
+request_finished.connect(_close_short_lived)
 django_asgi_app = SyncViewsASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
