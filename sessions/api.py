@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -71,23 +72,25 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 response = error_response(405, f"Method {request.method} not allowed")
                 response["Allow"] = ", ".join(methods)
                 return response
-            raw = bearer_token(request.headers.get("Authorization"))
-            if raw is not None:
-                user = user_for_token(raw)
-                if user is None:
-                    return error_response(401, "Invalid or revoked API token")
-                request.user = user
-            elif not request.user.is_authenticated:
-                return error_response(
-                    401,
-                    "Authentication required: log in or send Authorization: "
-                    "Bearer <token>",
-                )
-            elif request.method not in ("GET", "HEAD", "OPTIONS"):
-                reason = _csrf_failure(request)
-                if reason:
-                    return error_response(403, reason)
             try:
+                # Inside the try: finding the token's user is a query, and a
+                # database that is down answers 503 here too, not 500.
+                raw = bearer_token(request.headers.get("Authorization"))
+                if raw is not None:
+                    user = user_for_token(raw)
+                    if user is None:
+                        return error_response(401, "Invalid or revoked API token")
+                    request.user = user
+                elif not request.user.is_authenticated:
+                    return error_response(
+                        401,
+                        "Authentication required: log in or send Authorization: "
+                        "Bearer <token>",
+                    )
+                elif request.method not in ("GET", "HEAD", "OPTIONS"):
+                    reason = _csrf_failure(request)
+                    if reason:
+                        return error_response(403, reason)
                 # Read the body here, so every endpoint refuses an oversized one,
                 # even those that ignore what is sent. Multipart uploads stream to
                 # disk under Django's own limits: reading them whole would not.
@@ -420,12 +423,17 @@ def _optional_text(body: dict, name: str, max_length: int) -> str:
     return value.strip()
 
 
+# JSON allows integers of any size; one beyond a float's range is not a number we
+# can store (and math.isfinite would raise OverflowError on it: a 500).
+_LARGEST = int(sys.float_info.max)
+
+
 def _finite(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    # type(), not isinstance(): json.loads makes exact ints and floats, and a
+    # bool is an int subclass that must not pass.
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and -_LARGEST <= value <= _LARGEST
 
 
 @api_view(("POST",))

@@ -57,6 +57,21 @@ def test_it_stores_standard_and_custom_metrics(client, auth, run):
     assert run.final_metrics["my_metric"] == 3
 
 
+def test_it_stores_every_number_exactly_as_sent(client, auth, run):
+    values = [0.1, 1 / 3, 5e-324, 1e-300, 1.7976931348623157e308, -2.5, 7, 10**300]
+    body = {
+        "epochs": [
+            {"epoch": n, "metrics": {"val_loss": value, "custom": value}}
+            for n, value in enumerate(values, start=1)
+        ]
+    }
+    assert send(client, run.pk, body, auth).json()["stored"] == len(values)
+    rows = run.epochs.order_by("epoch")
+    assert [row.val_loss for row in rows] == [float(value) for value in values]
+    # PostgreSQL's jsonb writes 1.8e308 out in full (an int to json.loads).
+    assert [float(row.extra["custom"]) for row in rows] == [float(v) for v in values]
+
+
 def test_it_stores_a_batch_of_thousands_in_epoch_order(client, auth, run):
     numbers = list(range(5000, 0, -1))  # arrives backwards
     started = time.perf_counter()
@@ -169,6 +184,11 @@ def test_it_tells_the_script_to_stop(client, auth, run):
             {"epochs": [{"epoch": 3, "metrics": {"ok": True}}]},
             "epochs[0].metrics.ok",
             "epoch 3: metric ok",
+        ),
+        (
+            {"epochs": [{"epoch": 3, "metrics": {"huge": 10**400}}]},
+            "epochs[0].metrics.huge",
+            "epoch 3: metric huge must be a finite number",
         ),
         (
             {"epochs": [{"epoch": 3, "metrics": {"x" * 101: 1}}]},
