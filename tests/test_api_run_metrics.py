@@ -72,6 +72,23 @@ def test_it_stores_every_number_exactly_as_sent(client, auth, run):
     assert [float(row.extra["custom"]) for row in rows] == [float(v) for v in values]
 
 
+def test_epochs_of_one_batch_may_log_different_metrics(client, auth, run):
+    body = {
+        "epochs": [
+            {"epoch": 1, "metrics": {"train_loss": 0.9}},
+            {"epoch": 2, "metrics": {"val_loss": 0.8, "mine": 1}, "duration": 0.5},
+            {"epoch": 3, "metrics": {"mine": 2}},
+        ]
+    }
+    assert send(client, run.pk, body, auth).json()["stored"] == 3
+    rows = run.epochs.order_by("epoch")
+    assert [(r.train_loss, r.val_loss, r.duration, r.extra) for r in rows] == [
+        (0.9, None, None, {}),
+        (None, 0.8, 0.5, {"mine": 1}),
+        (None, None, None, {"mine": 2}),
+    ]
+
+
 def test_it_stores_a_batch_of_thousands_in_epoch_order(client, auth, run):
     numbers = list(range(5000, 0, -1))  # arrives backwards
     started = time.perf_counter()
