@@ -68,18 +68,18 @@ class SyncViewsASGIHandler(ASGIHandler):
                 await self.handle(scope, receive, send)
             except BaseException:
                 # Cancelled or failed after the view: request_finished may not
-                # have run on the request's own thread, where a streaming
-                # response's iterator may have opened a connection. Close it
-                # before the context ends that thread; shielded, as daphne
-                # cancels again while this waits.
+                # have run on the thread of this request's context, where a
+                # streaming response's iterator may have opened a connection.
+                # Close it before the context ends that thread; shielded, as
+                # daphne cancels again while this waits.
                 await asyncio.shield(sync_to_async(connections.close_all)())
                 raise
 
 
 def _close_short_lived(**kwargs: Any) -> None:
-    # request_finished runs on the request's own thread (Django's
+    # request_finished runs on the thread of the request's context (Django's
     # ThreadSensitiveContext), which ends with the request: a connection a
-    # streaming response opened there must not be kept for the next one.
+    # streaming response's iterator opened there must not be kept.
     if not threading.current_thread().name.startswith(REQUEST_THREAD):
         connections.close_all()
 
@@ -95,7 +95,8 @@ try:
 finally:
     if keep_by_default:
         del os.environ["DB_CONN_MAX_AGE"]
-request_finished.connect(_close_short_lived)
+# Only for requests this handler serves, not a test client's in the same process.
+request_finished.connect(_close_short_lived, sender=SyncViewsASGIHandler)
 django_asgi_app = SyncViewsASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
