@@ -36,7 +36,8 @@ def web(tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("connections are observed from PostgreSQL's side")
     running = Stack(REDIS_URL, tmp_path)
-    running.env.update(WEB_THREADS="1")
+    # libpq names the connections: this daphne's are told from other processes'.
+    running.env.update(WEB_THREADS="1", PGAPPNAME=f"test-web-{running.port}")
     yield running
     running.stop()
 
@@ -49,12 +50,13 @@ def pooled_web(web):
     return web
 
 
-def _web_backends() -> list[tuple]:
-    """(pid, start time) of every other connection to the test database."""
+def _web_backends(running: Stack) -> list[tuple]:
+    """(pid, start time) of the daphne's connections to the test database."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid, backend_start FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " WHERE datname = current_database() AND application_name = %s",
+            [running.env["PGAPPNAME"]],
         )
         return cursor.fetchall()
 
@@ -63,23 +65,22 @@ def test_requests_share_one_kept_connection(web, alice):
     web.start_daphne()
     _, token = ApiToken.issue(alice)
     call(web, "GET", "/api/ml/training-data", token)
-    first = _web_backends()
+    first = _web_backends(web)
     for _ in range(3):
         call(web, "GET", "/api/ml/training-data", token)
     assert len(first) == 1
-    assert _web_backends() == first
+    assert _web_backends(web) == first
 
 
 def test_a_kept_connection_that_died_is_replaced_before_a_request_uses_it(web, alice):
     web.start_daphne()
     _, token = ApiToken.issue(alice)
     call(web, "GET", "/api/ml/training-data", token)
+    (killed,) = _web_backends(web)
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+        cursor.execute("SELECT pg_terminate_backend(%s)", [killed[0]])
     assert call(web, "GET", "/api/ml/training-data", token)["total"] == 0
+    assert _web_backends(web)[0] != killed
 
 
 def _abandoned_log_call(running: Stack, token: str, session_id: int) -> None:
