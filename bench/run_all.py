@@ -55,16 +55,16 @@ def run_json(command: list[str], out: Path, saved: bool = False) -> list[Figure]
 def versions(peers_python: str | None) -> dict[str, str]:
     import celery
     import channels
-    import channels_redis
     import daphne
     import django
+    import redis
     import sklearn
 
     found = {
         "Python": platform.python_version(),
         "Django": django.__version__,
         "Channels": channels.__version__,
-        "channels-redis": channels_redis.__version__,
+        "redis-py": redis.__version__,
         "Daphne": daphne.__version__,
         "Celery": celery.__version__,
         "scikit-learn": sklearn.__version__,
@@ -171,14 +171,14 @@ def comparisons(figures: list[Figure]) -> list[dict[str, Any]]:
 
     live = [
         (db, scenario)
-        for db in ("sqlite", "sqlite+pubsub")
+        for db in ("sqlite", "postgres")
         for scenario in ("1 viewer, 1 run", "viewers of one run", "runs at once")
     ]
     for db, scenario in live:
         median = _live(figures, "latency median", scenario, db)
         p99 = _live(figures, "latency p99", scenario, db)
         if median is None and db != "sqlite":
-            continue  # the pub/sub layer was not measured
+            continue  # PostgreSQL was not measured
         label = (median.name.split(", ", 1)[1] if median else scenario) + f" [{db}]"
         add(
             f"live latency median, {label}",
@@ -406,12 +406,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run each")
     parser.add_argument("--only", default="", help="e.g. live,reading,peers")
     parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument(
-        "--no-layers",
-        dest="layers",
-        action="store_false",
-        help="skip the live benchmarks with the Redis pub/sub channel layer",
-    )
     parser.add_argument("--repeat", type=int, default=0)
     parser.add_argument(
         "--saved",
@@ -460,25 +454,6 @@ def main() -> None:
                 str(out),
                 *common,
                 *(["--only", ",".join(ours)] if ours else []),
-            ]
-            context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
-            figures += run_json(command, out, args.saved)
-        layer_benches = [n for n in ("live", "fanout") if not ours or n in ours]
-        if layer_benches and "sqlite" in args.databases.split(",") and args.layers:
-            # The same live benchmarks with the Redis pub/sub channel layer.
-            out = VAR / "sqlite-pubsub.json"
-            command = [
-                sys.executable,
-                "bench/suite.py",
-                "--db",
-                "sqlite",
-                "--layer",
-                "pubsub",
-                "--out",
-                str(out),
-                *common,
-                "--only",
-                ",".join(layer_benches),
             ]
             context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
             figures += run_json(command, out, args.saved)

@@ -46,9 +46,9 @@ MISSING = "skipped: endpoint not available"
 class Services:
     """The processes under test, with their environment."""
 
-    def __init__(self, db: str, layer: str = "core") -> None:
+    def __init__(self, db: str) -> None:
         self.db = db
-        self.label = db if layer == "core" else f"{db}+{layer}"
+        self.label = db
         self.logs = VAR / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.redis, self.redis_url = start_redis(db)
@@ -63,9 +63,7 @@ class Services:
             os.environ,
             DATABASE_URL=self.database_url,
             REDIS_URL=self.redis_url,
-            DJANGO_SETTINGS_MODULE="mltrack.settings"
-            if layer == "core"
-            else f"bench.settings_{layer}",
+            DJANGO_SETTINGS_MODULE="mltrack.settings",
             DEBUG="0",
             SECRET_KEY="bench-only-secret-key-not-for-production",
             SECURE_SSL_REDIRECT="0",
@@ -343,7 +341,8 @@ def _fanout_once(
     viewer_count: int,
     burst: int,
 ) -> dict[str, float]:
-    from channels.layers import get_channel_layer
+    import redis.asyncio
+    from django.conf import settings
 
     from sessions import events
 
@@ -384,14 +383,16 @@ def _fanout_once(
     }
 
     async def send_burst() -> float:
-        layer = get_channel_layer()
+        # What a worker publishes, as fast as one Redis connection can.
+        client = redis.asyncio.Redis.from_url(settings.REDIS_URL)
+        channel = events.events_channel(settings.REDIS_URL)
+        audiences = [events.session_audience(session.pk)]
         started = time.time()
         for epoch in range(1, burst + 1):
             data = dict(template, epoch=epoch, savedAt=time.time())
-            message = events.event_message(
-                [events.session_audience(session.pk)], json.dumps(data)
-            )
-            await layer.group_send(events.EVENTS_GROUP, message)
+            message = events.wire_message(audiences, json.dumps(data))
+            await client.publish(channel, message)
+        await client.aclose()
         return started
 
     started = asyncio.run(send_burst())
@@ -667,10 +668,8 @@ def _like_a_worker() -> None:
     django.setup()
     from django.conf import settings
 
-    from sessions import events
-
     os.nice(settings.MLTRACK_WORKER_NICENESS)
-    events.push_from_one_loop()  # sets the worker's thread switch interval
+    sys.setswitchinterval(settings.MLTRACK_WORKER_SWITCH_MICROSECONDS / 1e6)
 
 
 def _fit_untracked(
@@ -903,19 +902,11 @@ BENCHES: dict[str, Callable[[Services, Results, bool, int], None]] = {
 NEEDS_WORKER = {"memory", "overhead", "live"}
 # On PostgreSQL only what the issue compares per database.
 POSTGRES_BENCHES = ("live", "ingest", "reading")
-# With another channel layer only what the layer carries.
-LAYER_BENCHES = ("live", "fanout")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument(
-        "--layer",
-        choices=("core", "pubsub"),
-        default="core",
-        help="channel layer: the configured one, or Redis pub/sub (live, fanout)",
-    )
     parser.add_argument("--only", default="", help="comma-separated bench names")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run")
     parser.add_argument("--repeat", type=int, default=0)
@@ -929,8 +920,6 @@ def main() -> None:
         )
     if args.db == "postgres":
         chosen = [n for n in chosen if n in POSTGRES_BENCHES]
-    if args.layer != "core":
-        chosen = [n for n in chosen if n in LAYER_BENCHES]
     chosen = [n for n in BENCHES if n in chosen]
     repeat = args.repeat or (1 if args.quick else 3)
     results = Results()
@@ -938,11 +927,10 @@ def main() -> None:
         results.save(args.out or VAR / f"{args.db}.json")
         return
     print(
-        f"== mltrack on {args.db}, {args.layer} channel layer: "
-        f"{', '.join(chosen)} (x{repeat})",
+        f"== mltrack on {args.db}: {', '.join(chosen)} (x{repeat})",
         flush=True,
     )
-    services = Services(args.db, args.layer)
+    services = Services(args.db)
     try:
         services.setup_django()
         services.start_daphne()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 from celery.signals import worker_init, worker_ready
@@ -29,13 +30,7 @@ def _train_below_the_web_process(**kwargs: object) -> None:
     from django.conf import settings
 
     os.nice(settings.MLTRACK_WORKER_NICENESS)
-
-
-@worker_init.connect
-def _push_from_one_loop(**kwargs: object) -> None:
-    # A worker pushes every epoch: keep its Redis connections (events.py). Sent in
-    # the main process before the pool starts, so it holds for every pool: threads
-    # share the flag, prefork children inherit it.
-    from sessions import events
-
-    events.push_from_one_loop()
+    # Each epoch's push is a PUBLISH from its training thread; after the reply it
+    # needs the GIL back from the other runs' threads, which by default may hold
+    # it 5 ms each. A shorter switch interval keeps live events prompt.
+    sys.setswitchinterval(settings.MLTRACK_WORKER_SWITCH_MICROSECONDS / 1e6)

@@ -173,21 +173,9 @@ STORAGES = {
 # pre-compressed copies with far-future cache headers.
 WHITENOISE_USE_FINDERS = DEBUG
 
-# Redis carries both the Celery queue and the channel layer.
+# Redis carries the Celery queue, the cache and the live events (pub/sub, see
+# sessions/events.py; no Channels layer is configured: sockets take no channel).
 REDIS_URL = os.getenv("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-# socket_timeout=None: redis-py 8 otherwise times out idle pub/sub reads after ~5 s
-# and kills idle WebSockets.
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {
-            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-            "capacity": env_int("CHANNEL_CAPACITY", 1000, minimum=1),
-            "expiry": 60,
-        },
-    }
-}
 
 # Shared by every web process: the login rate limit counts across all of them.
 CACHES = {
@@ -256,4 +244,9 @@ LOGGING = {
 # Worker processes run this much nicer than the web process (0 to 19): training
 # that fills every core must not delay live events (bench/NOTES.md).
 MLTRACK_WORKER_NICENESS = env_int("MLTRACK_WORKER_NICENESS", 10, minimum=0)
+# The worker's thread switch interval (sys.setswitchinterval), in microseconds;
+# Python's default is 5000 (mltrack/celery.py says why it is shorter).
+MLTRACK_WORKER_SWITCH_MICROSECONDS = env_int(
+    "MLTRACK_WORKER_SWITCH_MICROSECONDS", 500, minimum=1
+)
 MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -423,17 +422,13 @@ def _optional_text(body: dict, name: str, max_length: int) -> str:
     return value.strip()
 
 
-# JSON allows integers of any size; one beyond a float's range is not a number we
-# can store (and math.isfinite would raise OverflowError on it: a 500).
-_LARGEST = int(sys.float_info.max)
-
-
 def _finite(value: Any) -> bool:
-    # type(), not isinstance(): json.loads makes exact ints and floats, and a
-    # bool is an int subclass that must not pass.
-    if type(value) is float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
         return math.isfinite(value)
-    return type(value) is int and -_LARGEST <= value <= _LARGEST
+    except OverflowError:  # an integer too large for a float column
+        return False
 
 
 @api_view(("POST",))

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from sessions import events
 from sessions.models import TrainingSession
+
+logger = logging.getLogger(__name__)
 
 # Close codes in the 4000-4999 range are ours: the page shows why it was refused.
 CLOSE_UNAUTHENTICATED = 4401
@@ -18,11 +22,6 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
 
     /ws/training/ streams every session the user may see; /ws/training/<id>/ one.
     """
-
-    # Sockets get their events from the process's one listener (events.LocalFanout),
-    # never from a channel of their own: no alias is configured under this name,
-    # so Channels gives a socket no channel and no receive on the Redis layer.
-    channel_layer_alias = "sockets-use-the-local-fanout"
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -41,7 +40,14 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
         else:
             audience = events.user_audience(user.pk)
         # The process listens once for all its sockets (events.LocalFanout).
-        await events.local_fanout().join(audience, self)
+        try:
+            await events.local_fanout().join(audience, self)
+        except redis.RedisError:
+            # Redis is down: refuse rather than show a socket that hears nothing.
+            # The page retries with backoff, then backfills.
+            logger.warning("Refused a WebSocket: cannot subscribe to events")
+            await self.close(code=events.CLOSE_TRY_AGAIN)
+            return
         self.audience = audience
         await self.accept()
 

@@ -1,32 +1,35 @@
-"""Everything that touches the channel layer: group names, payloads, pushes.
+"""Everything that carries training events to viewers: audiences, payloads,
+pushes, and each web process's listener.
 
 Tasks and API views call the push_* functions after the database has the change:
 the database is the source of truth, a push only tells viewers to look. A push that
 fails (Redis restarting) is logged and dropped; pages backfill from the API.
 
-Every event is also appended to the TrainingEvent table right after it goes to
-Redis, so clients without a WebSocket poll GET /api/ml/real-time-updates?since=CURSOR
-and miss nothing, Redis up or down.
+Events travel by Redis pub/sub (PUBLISH from the worker, one SUBSCRIBE per web
+process), not through the Channels layer: see LocalFanout for why. Every event is
+also appended to the TrainingEvent table right after it is published, so clients
+without a WebSocket poll GET /api/ml/real-time-updates?since=CURSOR and miss
+nothing, Redis up or down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import os
-import sys
 import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+import redis
+import redis.asyncio
+from django.conf import settings
 from django.db import connection, transaction
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from sessions.models import EpochMetric, TrainingSession
@@ -36,11 +39,6 @@ logger = logging.getLogger(__name__)
 # How long a push may hold up the training loop before it is dropped.
 PUSH_TIMEOUT_SECONDS = 5
 
-# Every event goes to this one group. Each web process joins it once and picks the
-# sockets that may see the event by its audiences (LocalFanout), so a push is one
-# group send however many pages watch.
-EVENTS_GROUP = "training-events"
-EVENT_HANDLER = "training.event"
 STAFF_AUDIENCE = "staff"
 
 EventType = Literal[
@@ -108,9 +106,14 @@ def push_status(session: TrainingSession, event_type: EventType | None = None) -
 
 
 def push_epoch(
-    session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
+    session: TrainingSession,
+    row: EpochMetric,
+    stats: dict[str, Any] | None = None,
+    store_later: bool = False,
 ) -> None:
-    _send(session, _epoch_event(session, row, stats))
+    """Announce one saved epoch. store_later: the worker's epochs, whose events
+    are stored in batches off the training thread (_EventWriter)."""
+    _send(session, _epoch_event(session, row, stats), store_later)
 
 
 def _epoch_event(
@@ -165,40 +168,63 @@ def _epochs_events(
     return [event]
 
 
-def event_message(audiences: list[str], text: str) -> dict[str, Any]:
-    """The channel-layer message that carries one event's JSON text."""
-    return {"type": EVENT_HANDLER, "audiences": audiences, "text": text}
+def events_channel(redis_url: str) -> str:
+    """The Redis pub/sub channel every event goes to.
+
+    Pub/sub ignores database numbers, so the name carries the URL's: a test run
+    on its own database (or a second mltrack on the same Redis) never hears a
+    dev worker's events, whose session ids would collide with its own.
+    """
+    db = redis.connection.parse_url(redis_url).get("db", 0)
+    return f"mltrack:db{db}:training-events"
 
 
-def _store(session: TrainingSession, event: TrainingEvent) -> None:
-    """Append the event to the table the polling endpoint reads."""
+def wire_message(audiences: Sequence[str], text: str) -> str:
+    """One published event: its audiences on the first line, its JSON text after.
+    The web process routes by the first line and forwards the text untouched."""
+    return " ".join(audiences) + "\n" + text
+
+
+def parse_wire_message(data: str) -> tuple[list[str], str]:
+    audiences, _, text = data.partition("\n")
+    return audiences.split(), text
+
+
+def _store(items: Sequence[tuple[TrainingSession, TrainingEvent]]) -> None:
+    """Append events, in order, to the table the polling endpoint reads."""
     from sessions.models import TrainingEvent as StoredEvent
 
-    # Inside record_epoch's transaction no savepoint is needed: a failure there
-    # rolls the whole epoch back, and the worker retries it.
     with transaction.atomic(savepoint=False):
         if connection.vendor == "postgresql":
             # Serialize event inserts so ids become visible in commit order: a
             # poller that has seen id N can then never miss a later-committed N-1.
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x6D6C74])
-        stored = StoredEvent.objects.create(
-            session_id=session.pk,
-            owner_id=session.owner_id,
-            type=event["type"],
-            data=event,
+        stored = StoredEvent.objects.bulk_create(
+            StoredEvent(
+                session_id=session.pk,
+                owner_id=session.owner_id,
+                type=event["type"],
+                data=event,
+            )
+            for session, event in items
         )
-    if stored.pk % PRUNE_EVERY == 0:
+    if any(row.pk % PRUNE_EVERY == 0 for row in stored if row.pk):
         StoredEvent.objects.prune(EVENT_RETENTION)
 
 
-def _send(session: TrainingSession, event: TrainingEvent) -> None:
-    # Viewers first, pollers second: storing the event is a second write
-    # transaction, and with ten runs writing to one SQLite file, waiting for its
-    # lock before the push put tens of milliseconds on the live latency's p99.
+def _send(
+    session: TrainingSession, event: TrainingEvent, store_later: bool = False
+) -> None:
+    # Viewers first, pollers second.
     _push(session, event)
+    if store_later:
+        _writer().add(session, event)
+        return
     try:
-        _store(session, event)
+        # Keep the table in event order: this process's queued events go first.
+        _writer().flush()
+        _store([(session, event)])
     except Exception:  # the database is the caller's problem
         logger.warning(
             "Could not store %s for session %s",
@@ -208,127 +234,131 @@ def _send(session: TrainingSession, event: TrainingEvent) -> None:
         )
 
 
+# How long a queued event may wait for more to share its INSERT: pollers ask
+# every second or so, and a commit per epoch (with its WAL flush on PostgreSQL)
+# was most of a small epoch's tracking cost.
+STORE_BATCH_SECONDS = 0.05
+# The writer closes its database connection after this long without events.
+IDLE_SECONDS = 1.0
+
+
+class _EventWriter:
+    """Stores a worker's progress events in batches on a thread of its own.
+
+    Each epoch of a small model took two commits on the training thread, the
+    epoch's and its event's; the event's now shares one INSERT and one commit
+    with the others that came within STORE_BATCH_SECONDS, and on PostgreSQL
+    the event-order lock is taken once per batch instead of once per epoch by
+    every run (10 runs at once queued on it). The epochs themselves are still
+    saved before their push: a worker that dies loses at most the last batch of
+    *events*, never an epoch, and pages read epochs, not events.
+    """
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[TrainingSession, TrainingEvent]] = []
+        self.condition = threading.Condition()
+        self.queued = 0
+        self.done = 0
+        self.hurry = False
+        self.thread: threading.Thread | None = None
+
+    def add(self, session: TrainingSession, event: TrainingEvent) -> None:
+        with self.condition:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="event-writer", daemon=True
+                )
+                self.thread.start()
+            self.queue.append((session, event))
+            self.queued += 1
+            if len(self.queue) == 1:
+                self.condition.notify_all()
+
+    def flush(self, timeout: float = PUSH_TIMEOUT_SECONDS * 2) -> None:
+        """Wait until every event queued so far is stored (or given up on)."""
+        with self.condition:
+            wanted = self.queued
+            if self.done >= wanted:
+                return
+            self.hurry = True  # no need to wait for a fuller batch
+            self.condition.notify_all()
+            self.condition.wait_for(lambda: self.done >= wanted, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                if not self.condition.wait_for(lambda: self.queue, IDLE_SECONDS):
+                    # Between runs: give the database connection back.
+                    connection.close()
+                    self.condition.wait_for(lambda: self.queue)
+                # Let the batch fill, unless someone is waiting for it (flush).
+                self.condition.wait_for(lambda: self.hurry, STORE_BATCH_SECONDS)
+                self.hurry = False
+                batch, self.queue = self.queue, []
+            try:
+                _store(batch)
+            except Exception:
+                logger.warning("Could not store %d events", len(batch), exc_info=True)
+                connection.close()  # a broken connection is opened afresh
+            with self.condition:
+                self.done += len(batch)
+                self.condition.notify_all()
+
+
+_writers: dict[int, _EventWriter] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer() -> _EventWriter:
+    """This process's event writer (a forked child makes its own)."""
+    pid = os.getpid()
+    writer = _writers.get(pid)
+    if writer is None:
+        with _writers_lock:
+            writer = _writers.setdefault(pid, _EventWriter())
+    return writer
+
+
 def _push(session: TrainingSession, event: TrainingEvent) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
     # Serialised once here, not once per viewer in every web process.
     text = json.dumps(event)
-
-    message = event_message(audiences_for(session), text)
-
-    async def send_all() -> None:
-        await layer.group_send(EVENTS_GROUP, message)
-
     what = f"{event['type']} for session {session.pk}"
-    if _one_loop and _keeps_connections_per_loop(layer):
-        # Hand the push to the push loop and go on training. A status change
-        # waits for its push (and every push before it): a task must not end
-        # before its final event is out.
-        sent = _hand_over(send_all, what)
-        if event["type"] != "training_progress":
-            try:
-                sent.result(PUSH_TIMEOUT_SECONDS)
-            except Exception:  # logged by the push loop; the page will backfill
-                pass
-        return
-    started = time.monotonic()
     try:
-        async_to_sync(send_all)()
-    except Exception:  # Redis down or restarting: the page will backfill.
+        publisher, channel = _publisher()
+        publisher.publish(channel, wire_message(audiences_for(session), text))
+    except redis.RedisError:  # Redis down or restarting: pages will backfill
         logger.warning("Could not push %s", what, exc_info=True)
-    else:
-        logger.debug("pushed %s in %.1f ms", what, (time.monotonic() - started) * 1000)
 
 
-# Pushes waiting for Redis beyond this many are dropped (and logged): a Redis that
-# hangs must not make a worker hoard every epoch in memory. Pages backfill.
-MAX_WAITING_PUSHES = 10_000
-
-PushJob = tuple[Callable[[], Awaitable[None]], str, concurrent.futures.Future]
+_publishers: dict[tuple[int, str], tuple[redis.Redis, str]] = {}
+_publishers_lock = threading.Lock()
 
 
-def _hand_over(
-    send_all: Callable[[], Awaitable[None]], what: str
-) -> concurrent.futures.Future:
-    sent: concurrent.futures.Future = concurrent.futures.Future()
-    loop, waiting = _push_loop()
-    loop.call_soon_threadsafe(_enqueue, waiting, (send_all, what, sent))
-    return sent
+def _publisher() -> tuple[redis.Redis, str]:
+    """This process's Redis client for pushes, and the channel they go to.
 
-
-def _enqueue(waiting: asyncio.Queue[PushJob], job: PushJob) -> None:
-    if waiting.qsize() >= MAX_WAITING_PUSHES:
-        logger.warning("Dropped the push of %s: too many pushes waiting", job[1])
-        job[2].set_exception(RuntimeError("too many pushes waiting"))
-        return
-    waiting.put_nowait(job)
-
-
-async def _send_in_order(waiting: asyncio.Queue[PushJob]) -> None:
-    """Send the handed-over pushes one at a time, so viewers get them in order."""
-    while True:
-        send_all, what, sent = await waiting.get()
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(send_all(), PUSH_TIMEOUT_SECONDS)
-        except Exception as exc:  # Redis down or restarting: the page will backfill
-            logger.warning("Could not push %s", what, exc_info=True)
-            sent.set_exception(exc)
-        else:
-            elapsed = (time.monotonic() - started) * 1000
-            logger.debug("pushed %s in %.1f ms", what, elapsed)
-            sent.set_result(None)
-
-
-def _keeps_connections_per_loop(layer: Any) -> bool:
-    # channels_redis opens its Redis connections per event loop. async_to_sync runs
-    # each call in a new loop, so every push paid for a new connection (measured by
-    # bench/: 5.5 ms median, 15 ms p90 per epoch); one long-lived loop keeps them.
-    # Other layers (the in-memory one of unit tests) keep the old path.
-    return type(layer).__module__.startswith("channels_redis")
-
-
-_one_loop = False
-_loop: asyncio.AbstractEventLoop | None = None
-_waiting: asyncio.Queue[PushJob] | None = None
-_loop_pid = 0
-_loop_lock = threading.Lock()
-
-
-def push_from_one_loop() -> None:
-    """Send this process's pushes from one long-lived event loop from now on.
-
-    For Celery worker processes, which push every epoch (tasks.py turns it on).
-    Not for processes that also use the layer from loops of their own, e.g. a
-    test that flushes the layer: channels_redis closes every loop's connections
-    from the caller's loop, which fails for a loop running on another thread.
+    One PUBLISH from the calling thread: no event loop, no thread to hand over
+    to. A handed-over push had to win the GIL back from the training threads
+    before it could go out (10 runs in one worker: 0.45 s median latency on
+    PostgreSQL, bench/NOTES.md). The client's pool is thread-safe; a forked child
+    (prefork pool) makes its own, keyed by process id.
     """
-    global _one_loop
-    _one_loop = True
-    # The push loop's thread needs the GIL to send while the training thread
-    # computes; by default it could wait up to 5 ms per switch for it.
-    sys.setswitchinterval(0.0005)
-
-
-def _push_loop() -> tuple[asyncio.AbstractEventLoop, asyncio.Queue[PushJob]]:
-    """This process's event loop for pushes, running on a daemon thread, and the
-    queue of pushes it sends in order.
-
-    Made again after a fork (a Celery prefork child inherits the parent's
-    variables but not its threads).
-    """
-    global _loop, _loop_pid, _waiting
-    with _loop_lock:
-        if _loop is None or _waiting is None or _loop_pid != os.getpid():
-            loop = asyncio.new_event_loop()
-            waiting: asyncio.Queue[PushJob] = asyncio.Queue()
-            loop.call_soon(lambda: loop.create_task(_send_in_order(waiting)))
-            threading.Thread(
-                target=loop.run_forever, name="channel-layer-pushes", daemon=True
-            ).start()
-            _loop, _waiting, _loop_pid = loop, waiting, os.getpid()
-        return _loop, _waiting
+    key = (os.getpid(), settings.REDIS_URL)
+    found = _publishers.get(key)
+    if found is None:
+        with _publishers_lock:
+            found = _publishers.get(key)
+            if found is None:
+                client = redis.Redis.from_url(
+                    settings.REDIS_URL,
+                    socket_connect_timeout=1,
+                    socket_timeout=PUSH_TIMEOUT_SECONDS,
+                    # A push that failed is dropped, not retried: the page
+                    # backfills, and training must not wait for Redis.
+                    retry=Retry(NoBackoff(), 0),
+                )
+                found = _publishers[key] = (client, events_channel(settings.REDIS_URL))
+    return found
 
 
 # ---------------------------------------------------------------- web processes
@@ -342,44 +372,40 @@ class Viewer(Protocol):
     async def close(self, code: int | None = None) -> None: ...
 
 
-# How often the process renews its group membership. The Redis layer forgets a
-# member after its group_expiry (a day by default), even one that still listens,
-# and a flush of the layer forgets every member at once: the process must not go
-# deaf for good. Renewing is one ZADD.
-RENEW_GROUPS_SECONDS = 15
-
-
 class LocalFanout:
-    """One web process's single listener on the channel layer.
+    """One web process's single listener for events.
 
-    When every socket joined groups itself, the layer stored, sent and dispatched
-    each event once per viewer: 100 viewers of one run cost 100 Redis round trips
-    per epoch and held events back for seconds (bench/NOTES.md). Here the process
-    joins the events group once, receives each event once and writes its text to
-    every local socket of the event's audiences. Events that arrive while it is
-    still writing go out together, in order, in one frame per socket,
+    It subscribes once to the events channel, receives each event once and writes
+    its text to every local socket of the event's audiences. Events that arrive
+    while it is still writing go out together, in order, in one frame per socket,
     {"type": "batch", "events": [...]}, so a burst does not pile up behind itself.
+
+    Why not the Channels layer: with channels_redis.core every event was stored
+    per member channel and popped one Redis round trip at a time (100 viewers:
+    seconds of delay when each socket joined; ~20 ms p99 tails even with one
+    member per process), and channels_redis.pubsub re-subscribes silently after
+    Redis restarts, so a process could not tell its pages that they had missed
+    events. Here the subscription's connection never retries on its own: when it
+    breaks, every socket of the process is closed with 1013, the pages reconnect
+    with backoff and backfill from the API, and the next socket subscribes again.
     """
 
-    def __init__(self, layer: Any) -> None:
-        self.layer = layer
-        self.channel: str | None = None
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
         self.viewers: dict[str, set[Viewer]] = {}
-        self.pending: list[tuple[list[str], str]] = []
-        self.tasks: list[asyncio.Task] = []
+        self.pending: list[str] = []
+        self.listener: asyncio.Task | None = None
         self.flushing: asyncio.Task | None = None
         self.lock = asyncio.Lock()
 
     async def join(self, audience: str, viewer: Viewer) -> None:
+        """Let a socket see its audience's events. Raises redis.RedisError when
+        the process cannot subscribe (Redis down): the socket must not pretend
+        to be live."""
         async with self.lock:
-            if self.channel is None:
-                self.channel = await self.layer.new_channel()
-                self.tasks = [
-                    asyncio.create_task(self._listen(self.channel)),
-                    asyncio.create_task(self._renew(self.channel)),
-                ]
-            # Every new socket renews the membership too (see RENEW_GROUPS_SECONDS).
-            await self.layer.group_add(EVENTS_GROUP, self.channel)
+            if self.listener is None or self.listener.done():
+                pubsub = await self._subscribe()
+                self.listener = asyncio.create_task(self._listen(pubsub))
             self.viewers.setdefault(audience, set()).add(viewer)
 
     async def leave(self, audience: str, viewer: Viewer) -> None:
@@ -391,31 +417,53 @@ class LocalFanout:
             if not members:
                 del self.viewers[audience]
 
-    async def _listen(self, channel: str) -> None:
-        while True:
+    async def _subscribe(self) -> redis.asyncio.client.PubSub:
+        client = redis.asyncio.Redis.from_url(
+            self.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            # Idle for hours between runs is normal: no read timeout.
+            socket_timeout=None,
+            # Never reconnect behind our back (see the class's docstring).
+            retry=Retry(NoBackoff(), 0),
+        )
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(events_channel(self.redis_url))
+        except BaseException:
+            await pubsub.aclose()
+            await client.aclose()
+            raise
+        return pubsub
+
+    async def _listen(self, pubsub: redis.asyncio.client.PubSub) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message.get("type") != "message":
+                    continue
+                self.pending.append(message["data"])
+                if self.flushing is None or self.flushing.done():
+                    self.flushing = asyncio.create_task(self._flush())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Redis went away: whatever was published meanwhile is lost to us.
+            logger.warning("Lost the events subscription", exc_info=True)
+            await self._reset()
+        finally:
             try:
-                message = await self.layer.receive(channel)
-            except asyncio.CancelledError:
-                raise
+                await pubsub.aclose()
+                await pubsub.connection_pool.disconnect()
             except Exception:
-                # Redis went away, and its group membership may be gone with it.
-                # Close every socket; pages reconnect with backoff and backfill.
-                logger.warning("Channel layer receive failed", exc_info=True)
-                await self._reset()
-                return
-            try:
-                self.pending.append((message["audiences"], message["text"]))
-            except (KeyError, TypeError):
-                logger.warning("Ignored a channel message without audiences/text")
-                continue
-            if self.flushing is None or self.flushing.done():
-                self.flushing = asyncio.create_task(self._flush())
+                logger.debug("Could not close the subscription", exc_info=True)
 
     async def _flush(self) -> None:
         while self.pending:
             arrived, self.pending = self.pending, []
             texts: dict[Viewer, list[str]] = {}
-            for audiences, text in arrived:
+            for data in arrived:
+                audiences, text = parse_wire_message(data)
                 for audience in audiences:
                     for viewer in self.viewers.get(audience, ()):
                         texts.setdefault(viewer, []).append(text)
@@ -425,28 +473,12 @@ class LocalFanout:
                 except Exception:  # one broken socket must not starve the rest
                     logger.debug("Could not send to a viewer", exc_info=True)
 
-    async def _renew(self, channel: str) -> None:
-        while True:
-            await asyncio.sleep(RENEW_GROUPS_SECONDS)
-            if self.tasks and self.tasks[0].done():
-                # The listener ended without a reset: never leave sockets open
-                # that can no longer hear anything.
-                logger.warning("Channel layer listener ended; closing its sockets")
-                await self._reset()
-                return
-            try:
-                await self.layer.group_add(EVENTS_GROUP, channel)
-            except Exception:
-                logger.warning("Could not renew the events group", exc_info=True)
-
     async def _reset(self) -> None:
+        """Close every socket (they reconnect and backfill); the next one to
+        join subscribes again."""
         async with self.lock:
             viewers = {v for members in self.viewers.values() for v in members}
-            self.viewers, self.pending, self.channel = {}, [], None
-            for task in self.tasks:
-                if task is not asyncio.current_task():
-                    task.cancel()
-            self.tasks = []
+            self.viewers, self.pending, self.listener = {}, [], None
         for viewer in viewers:
             try:
                 await viewer.close(code=CLOSE_TRY_AGAIN)
@@ -464,7 +496,7 @@ def _frame(texts: list[str]) -> str:
 # "Try again later": the page reconnects with backoff.
 CLOSE_TRY_AGAIN = 1013
 
-# One fan-out per event loop: channel layers hold connections per loop too.
+# One fan-out per event loop: asyncio Redis connections belong to their loop.
 _fanouts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LocalFanout] = (
     weakref.WeakKeyDictionary()
 )
@@ -475,5 +507,5 @@ def local_fanout() -> LocalFanout:
     loop = asyncio.get_running_loop()
     fanout = _fanouts.get(loop)
     if fanout is None:
-        fanout = _fanouts[loop] = LocalFanout(get_channel_layer())
+        fanout = _fanouts[loop] = LocalFanout(settings.REDIS_URL)
     return fanout

@@ -3,9 +3,11 @@
 A 100,000-epoch session must open as fast as a short one. Rows come from the
 driver as plain tuples: Django's per-row converters (a timestamp parsed from
 text on SQLite, JSON decoded on both) cost more than the query itself, so times
-and extra metrics are converted only for the rows that are sent. Exports are
-written in large pieces: Django's ASGI handler sends each piece of a streamed
-response as a message of its own.
+and extra metrics are converted only for the rows that are sent. A thinned chart
+goes further: its metrics become numpy arrays, from one packed value on
+PostgreSQL, and only the rows it sends become dicts. Exports are written in
+large pieces: Django's ASGI handler sends each piece of a streamed response as
+a message of its own.
 """
 
 from __future__ import annotations
@@ -15,18 +17,21 @@ import gc
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, NamedTuple
 
+import numpy as np
+import orjson
 from django.core.cache import cache
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Count, Max, QuerySet, TextField
 from django.db.models.functions import Cast
 
-from sessions.downsample import downsample_series
+from sessions.downsample import kept_indices
 from sessions.models import STANDARD_METRICS, EpochMetric, TrainingSession
 
 logger = logging.getLogger(__name__)
@@ -40,6 +45,31 @@ _COLUMNS = ("epoch", *STANDARD_METRICS, "duration", "created", "extra")
 # Positions in a row of _COLUMNS.
 _DURATION, _CREATED, _EXTRA = 9, 10, 11
 _NO_EXTRA = "{}"
+_STANDARD = frozenset(STANDARD_METRICS)
+_QUOTED_STANDARD = tuple(f'"{name}"' for name in STANDARD_METRICS)
+_QUOTED_METRICS = ", ".join(("epoch", *_QUOTED_STANDARD, "duration"))
+# A row of _postgresql_columns' packed bytes: PostgreSQL's send formats, which
+# are big-endian; a time is microseconds since 2000-01-01 UTC.
+_PACKED_ROW = np.dtype(
+    [
+        ("epoch", ">i8"),
+        *((name, ">f8") for name in STANDARD_METRICS),
+        ("duration", ">f8"),
+        ("created", ">i8"),
+    ]
+)
+_PACKED_COLUMNS = " || ".join(
+    [
+        "int8send(epoch)",
+        *(
+            f"float8send(coalesce({name}, 'NaN'))"
+            for name in (*_QUOTED_STANDARD, "duration")
+        ),
+        "timestamptz_send(created)",
+    ]
+)
+_POSTGRESQL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_POSTGRESQL_EPOCH_IN_UNIX_MICROS = np.int64(946_684_800_000_000)
 
 
 @contextmanager
@@ -106,18 +136,31 @@ def _load_times_in_c(cursor: Any) -> None:
     cursor.adapters.register_loader("timestamptz", loader)
 
 
-def _iso(created: Any, connection: Any) -> str | None:
-    """A driver's created value as the ISO text the API sends, as Django would
-    convert it: SQLite's is naive text, in the connection's time zone."""
-    if created is None:
-        return None
-    if isinstance(created, str):
-        created = datetime.fromisoformat(created).replace(tzinfo=connection.timezone)
-    return created.isoformat()
+def _iso_function(connection: Any) -> Callable[[Any], str | None]:
+    """How a driver's created value becomes the ISO text the API sends, as Django
+    would convert it: SQLite's is naive text in the connection's time zone,
+    psycopg's a datetime."""
+    # A property that takes 2 us, and an ISO text is 1 us when made by hand.
+    zone = connection.timezone
+    suffix = "+00:00" if zone is UTC else None
+
+    def iso(created: Any) -> str | None:
+        if created is None:
+            return None
+        if isinstance(created, str):
+            created = datetime.fromisoformat(created)
+            if suffix is not None and created.tzinfo is None:
+                # replace(tzinfo=) costs more than the rest together.
+                return created.isoformat() + suffix
+            created = created.replace(tzinfo=zone)
+        return created.isoformat()
+
+    return iso
 
 
 def _api_rows(table: list[tuple], connection: Any) -> list[dict[str, Any]]:
     """API rows ({epoch, metrics, duration, time}) of whole table rows."""
+    iso = _iso_function(connection)
     result = []
     for row in table:
         metrics = dict(zip(STANDARD_METRICS, row[1:_DURATION], strict=True))
@@ -128,7 +171,7 @@ def _api_rows(table: list[tuple], connection: Any) -> list[dict[str, Any]]:
                 "epoch": row[0],
                 "metrics": metrics,
                 "duration": row[_DURATION],
-                "time": _iso(row[_CREATED], connection),
+                "time": iso(row[_CREATED]),
             }
         )
     return result
@@ -164,7 +207,7 @@ def chart_json(
         if text is not None:
             return text
     chart = chart_rows(rows, first, last, max_points)
-    text = json.dumps(
+    text = _dumps(
         {
             "sessionId": session.pk,
             "status": session.status,
@@ -180,6 +223,16 @@ def chart_json(
         except Exception:
             logger.warning("chart cache unavailable", exc_info=True)
     return text
+
+
+def _dumps(value: Any) -> str:
+    """JSON text of `value`, by orjson: 1 ms where json took 8 for a 20,000-epoch
+    chart. It writes NaN as null, where json wrote NaN, which no JSON parser
+    takes. Integers beyond 64 bits (an external run may log one) go to json."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
 
 
 def chart_rows(
@@ -204,46 +257,210 @@ def _chart_rows(
     last: int | None,
     max_points: int | None,
 ) -> dict[str, Any]:
+    if max_points is not None:
+        chart = _thinned_chart(rows, first, last, max_points)
+        if chart is not None:
+            return chart
     table, connection = _table(rows, first, last)
-    if max_points is None or len(table) <= max_points:
-        return {
-            "count": len(table),
-            "downsampled": False,
-            "epochs": _api_rows(table, connection),
-        }
+    return {
+        "count": len(table),
+        "downsampled": False,
+        "epochs": _api_rows(table, connection),
+    }
 
-    columns = list(zip(*table, strict=True))
-    series: dict[str, Any] = {
-        name: columns[i + 1] for i, name in enumerate(STANDARD_METRICS)
-    }
-    # Extra metrics come from external runs; most sessions have none.
-    extras = {
-        index: json.loads(text)
-        for index, text in enumerate(columns[_EXTRA])
-        if text != _NO_EXTRA
-    }
-    for name in sorted({name for extra in extras.values() for name in extra}):
+
+def _thinned_chart(
+    rows: QuerySet[EpochMetric], first: int | None, last: int | None, max_points: int
+) -> dict[str, Any] | None:
+    """chart_rows of more than `max_points` epochs, or None when they fit.
+
+    The standard metrics are thinned as arrays of floats; only the rows sent
+    become dicts, and only their times are converted.
+    """
+    columns = _chart_columns(_in_range(rows, first, last))
+    count = len(columns.epochs)
+    if count <= max_points:
+        return None
+    series = dict(zip(STANDARD_METRICS, columns.metrics, strict=True))
+    # Extra metrics come from external runs; most sessions have none. Their own
+    # values are sent (an integer stays one); the floats only choose the points.
+    extras: dict[str, dict[int, Any]] = {}
+    for index, extra in columns.extras:
+        for name, value in extra.items():
+            extras.setdefault(name, {})[index] = value
+    for name in sorted(extras):
         if name not in series:
-            series[name] = [
-                extras[index].get(name) if index in extras else None
-                for index in range(len(table))
-            ]
-    chosen: dict[int, list[str]] = {}
-    for name, indices in downsample_series(series, max_points).items():
-        for index in indices:
-            chosen.setdefault(index, []).append(name)
+            column = np.full(count, np.nan)
+            column[list(extras[name])] = list(extras[name].values())
+            series[name] = column
+    chosen: dict[int, dict[str, Any]] = {}
+    for name, column in series.items():
+        indices = kept_indices(column, max_points).tolist()
+        if name in _STANDARD:
+            values = column[indices].tolist()
+        else:
+            values = [extras[name][index] for index in indices]
+        for index, value in zip(indices, values, strict=True):
+            if index in chosen:
+                chosen[index][name] = value
+            else:
+                chosen[index] = {name: value}
+    order = sorted(chosen)
+    durations = columns.durations
     result = []
-    for index in sorted(chosen):
-        row = table[index]
+    for index, epoch, time in zip(
+        order, columns.epochs[order].tolist(), columns.times(order), strict=True
+    ):
+        duration = durations[index]
         result.append(
             {
-                "epoch": row[0],
-                "metrics": {name: series[name][index] for name in chosen[index]},
-                "duration": row[_DURATION],
-                "time": _iso(row[_CREATED], connection),
+                "epoch": epoch,
+                "metrics": chosen[index],
+                # NaN is PostgreSQL's missing duration here (see _postgresql_columns).
+                "duration": None if duration != duration else duration,
+                "time": time,
             }
         )
-    return {"count": len(table), "downsampled": True, "epochs": result}
+    return {"count": count, "downsampled": True, "epochs": result}
+
+
+class _Columns(NamedTuple):
+    """A read of epochs for thinning, one entry per row in epoch order."""
+
+    epochs: np.ndarray
+    # One row of floats per standard metric, NaN where missing.
+    metrics: np.ndarray
+    durations: Sequence[float | None]
+    # The ISO times of the rows at some indices.
+    times: Callable[[list[int]], list[str | None]]
+    # (index, extra metrics) of the rows that have any.
+    extras: list[tuple[int, dict[str, Any]]]
+
+
+def _chart_columns(rows: QuerySet[EpochMetric]) -> _Columns:
+    """All of `rows` (in epoch order) in one query, as columns."""
+    connection = connections[rows.db]
+    if connection.vendor == "postgresql":
+        # Unordered: a run's rows are stored mostly in epoch order, and sorting
+        # them in numpy when they are not costs less than a sort by PostgreSQL,
+        # which the plan for a table without statistics yet did (4-6 ms).
+        rows = rows.order_by()
+    query = rows.values_list(*_COLUMNS).query
+    try:
+        sql, params = query.get_compiler(connection=connection).as_sql()
+    except EmptyResultSet:  # a bound no row can meet, e.g. beyond the column's range
+        sql, params = None, ()
+    if connection.vendor == "postgresql":
+        return _postgresql_columns(connection, sql, params)
+    return _sqlite_columns(connection, sql, params)
+
+
+def _sqlite_columns(connection: Any, sql: str | None, params: Any) -> _Columns:
+    table = []
+    if sql is not None:
+        with connection.cursor() as cursor:
+            # The time as its text (see _table) and the extra metrics only where
+            # there are any: a None costs nothing to make, a str does.
+            cursor.execute(
+                f"SELECT {_QUOTED_METRICS}, CAST(created AS text),"
+                f" NULLIF(extra, '{_NO_EXTRA}') FROM ({sql}) AS t ORDER BY epoch",
+                params,
+            )
+            table = cursor.fetchall()
+    if not table:
+        empty = np.empty((len(STANDARD_METRICS), 0))
+        return _Columns(np.empty(0, np.int64), empty, [], lambda _: [], [])
+    columns = list(zip(*table, strict=True))
+    last = len(STANDARD_METRICS) + 1
+    extras, texts = columns[last + 2], columns[last + 1]
+    iso = _iso_function(connection)
+    return _Columns(
+        epochs=np.array(columns[0], dtype=np.int64),
+        metrics=np.array([_floats(column) for column in columns[1:last]]),
+        durations=columns[last],
+        times=lambda indices: [iso(texts[index]) for index in indices],
+        extras=[]
+        if extras.count(None) == len(extras)
+        else [
+            (index, json.loads(text))
+            for index, text in enumerate(extras)
+            if text is not None
+        ],
+    )
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    """A column of numbers as floats, None as NaN."""
+    try:
+        # A third faster than np.array(), which checks each value first.
+        return np.fromiter(values, dtype=np.float64, count=len(values))
+    except TypeError:  # a None
+        return np.array(values, dtype=np.float64)
+
+
+def _postgresql_columns(connection: Any, sql: str | None, params: Any) -> _Columns:
+    data, extras = None, None
+    if sql is not None:
+        # One value of packed rows, in each column's send (binary) format, instead
+        # of a row of Python objects per epoch: the driver made those at about
+        # 2 us a value, 40-60 ms for 20,000 epochs here. NaN stands for a missing
+        # value: a stored NaN is missing for a chart too.
+        data, extras = _fetchone_binary(
+            connection,
+            f"SELECT string_agg({_PACKED_COLUMNS}, ''),"
+            " (json_agg(json_build_array(epoch, extra))"
+            f" FILTER (WHERE extra <> '{_NO_EXTRA}'::jsonb))::text FROM ({sql}) AS t",
+            params,
+        )
+    table = np.frombuffer(data or b"", dtype=_PACKED_ROW)
+    if (np.diff(table["epoch"]) <= 0).any():
+        table = table[np.argsort(table["epoch"], kind="stable")]
+    epochs = table["epoch"].astype(np.int64)
+    return _Columns(
+        epochs=epochs,
+        metrics=np.array([table[name] for name in STANDARD_METRICS], np.float64),
+        durations=table["duration"].tolist(),
+        times=partial(_iso_times, table["created"], connection.timezone),
+        extras=[
+            (int(np.searchsorted(epochs, epoch)), extra)
+            for epoch, extra in json.loads(extras or "[]")
+        ],
+    )
+
+
+def _iso_times(micros: np.ndarray, zone: Any, indices: list[int]) -> list[str]:
+    """The ISO texts of some of PostgreSQL's times (microseconds since 2000 UTC)
+    in `zone`, as isoformat() writes them (no fraction when it is zero)."""
+    if zone is not UTC:
+        return [
+            (_POSTGRESQL_EPOCH + timedelta(microseconds=moment))
+            .astimezone(zone)
+            .isoformat()
+            for moment in micros[indices].tolist()
+        ]
+    # numpy writes them four times as fast as isoformat() one by one.
+    moments = (micros[indices] + _POSTGRESQL_EPOCH_IN_UNIX_MICROS).astype(
+        "datetime64[us]"
+    )
+    return [
+        text[:-7] + "+00:00" if text.endswith(".000000") else text + "+00:00"
+        for text in np.datetime_as_string(moments, unit="us").tolist()
+    ]
+
+
+def _fetchone_binary(connection: Any, sql: str, params: Any) -> tuple[Any, ...]:
+    """The first row of a query, its values in binary format: bytea as its bytes,
+    not hex text of twice the size (5 ms less for 1.8 MB here). Django's cursors
+    bind parameters on the client side, which rules that format out."""
+    import psycopg
+
+    connection.ensure_connection()
+    with (
+        connection.wrap_database_errors,
+        psycopg.Cursor(connection.connection) as cursor,
+    ):
+        cursor.execute(sql, params, binary=True)
+        return cursor.fetchone()
 
 
 def _pieces(table: list[tuple]) -> Iterator[list[tuple]]:
@@ -268,6 +485,7 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
             if name not in STANDARD_METRICS
         }
     )
+    iso = _iso_function(connection)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["epoch", *STANDARD_METRICS, *extra_names, "duration", "time"])
@@ -286,7 +504,7 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
                     else [None] * len(extra_names)
                 ),
                 row[_DURATION],
-                _iso(row[_CREATED], connection),
+                iso(row[_CREATED]),
             ]
             for index, row in enumerate(piece, start)
         )

@@ -10,7 +10,7 @@ from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, connections, models, transaction
+from django.db import NotSupportedError, connection, connections, models, transaction
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -342,29 +342,38 @@ class TrainingSession(models.Model):
         about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
         """
         moment = now()
-        with transaction.atomic(savepoint=False):
+        row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
+        moved = {
+            "current_epoch": max(self.current_epoch, epoch),
+            "heartbeat_at": moment,
+            "final_metrics": row.metrics,
+            "best_val_accuracy": self.best_val_accuracy,
+        }
+        accuracy = row.val_accuracy
+        if accuracy is not None and (
+            self.best_val_accuracy is None or accuracy > self.best_val_accuracy
+        ):
+            moved["best_val_accuracy"] = accuracy
+        item = [(epoch, metrics, duration)]
+        if connection.vendor == "postgresql":
+            # One statement, so one round trip and no BEGIN/COMMIT of our own:
+            # with 10 runs in one worker each round trip also waits for the GIL
+            # (bench/NOTES.md).
             inserted = EpochMetric.objects.insert_epochs(
-                self.pk, [(epoch, metrics, duration)], moment
+                self.pk, item, moment, session_update=moved
             )
-            if not inserted:
-                # A retried save whose first attempt committed before the
-                # connection broke: the epoch is stored once, as first written.
-                return EpochMetric.objects.get(session=self, epoch=epoch)
-            row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, moment)
-            self.current_epoch = max(self.current_epoch, epoch)
-            self.heartbeat_at = moment
-            self.final_metrics = row.metrics
-            accuracy = row.val_accuracy
-            if accuracy is not None and (
-                self.best_val_accuracy is None or accuracy > self.best_val_accuracy
-            ):
-                self.best_val_accuracy = accuracy
-            TrainingSession.objects.filter(pk=self.pk).update(
-                current_epoch=self.current_epoch,
-                heartbeat_at=self.heartbeat_at,
-                final_metrics=self.final_metrics,
-                best_val_accuracy=self.best_val_accuracy,
-            )
+        else:
+            with transaction.atomic(savepoint=False):
+                inserted = EpochMetric.objects.insert_epochs(self.pk, item, moment)
+                if inserted:
+                    with connection.cursor() as cursor:
+                        cursor.execute(*_session_update(connection, self.pk, moved))
+        if not inserted:
+            # A retried save whose first attempt committed before the
+            # connection broke: the epoch is stored once, as first written.
+            return EpochMetric.objects.get(session=self, epoch=epoch)
+        for name, value in moved.items():
+            setattr(self, name, value)
         return row
 
     def record_epochs(
@@ -433,9 +442,13 @@ class EpochMetricQuerySet(models.QuerySet):
         session_id: int,
         items: list[tuple[int, dict[str, Any], float | None]],
         created: Any,
+        session_update: dict[str, Any] | None = None,
     ) -> set[int]:
         """INSERT (epoch, metrics, duration) rows and return the epochs inserted:
         an epoch already stored is kept as it was.
+
+        session_update (PostgreSQL only): columns of the session to set in the
+        same statement when at least one row was inserted.
 
         bulk_create of a 1,000-epoch log batch spent most of its time building
         model instances and preparing each of their fields: here values go to the
@@ -451,7 +464,11 @@ class EpochMetricQuerySet(models.QuerySet):
         # lists only the rows inserted (SQLite 3.35+, PostgreSQL), so no query for
         # the epochs already there is needed.
         if connection.vendor == "postgresql":
-            return _insert_from_json(connection, session_id, moment, items)
+            return _insert_from_json(
+                connection, session_id, moment, items, session_update
+            )
+        if session_update:
+            raise NotSupportedError("session_update needs PostgreSQL")
         return _insert_values(connection, session_id, moment, items)
 
 
@@ -529,6 +546,7 @@ def _insert_from_json(
     session_id: int,
     moment: Any,
     items: list[tuple[int, dict[str, Any], float | None]],
+    session_update: dict[str, Any] | None = None,
 ) -> set[int]:
     """The rows as one JSON document that PostgreSQL takes apart itself.
 
@@ -548,17 +566,59 @@ def _insert_from_json(
         # JSON has no NaN; neither the API nor the trainer lets one through.
         allow_nan=False,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
-            f"({', '.join(quote(name) for name in columns)}) "
-            f"SELECT (item->>0)::integer, {standard}, "
-            "(item->>2)::double precision, (item->1) - %s::text[], %s, %s "
-            "FROM jsonb_array_elements(%s::jsonb) AS item "
-            'ON CONFLICT DO NOTHING RETURNING "epoch"',
-            [list(STANDARD_METRICS), session_id, moment, document],
+    sql = (
+        f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
+        f"({', '.join(quote(name) for name in columns)}) "
+        f"SELECT (item->>0)::integer, {standard}, "
+        "(item->>2)::double precision, (item->1) - %s::text[], %s, %s "
+        "FROM jsonb_array_elements(%s::jsonb) AS item "
+        'ON CONFLICT DO NOTHING RETURNING "epoch"'
+    )
+    params = [list(STANDARD_METRICS), session_id, moment, document]
+    if session_update:
+        sql, params = _and_update_session(
+            connection, sql, params, session_id, session_update
         )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
         return {epoch for (epoch,) in cursor.fetchall()}
+
+
+def _session_update(
+    connection: Any, session_id: int, columns: dict[str, Any]
+) -> tuple[str, list[Any]]:
+    """UPDATE of some columns of one session, as raw SQL: the worker runs it every
+    epoch, and the ORM's update() took most of an epoch save's CPU time."""
+    quote = connection.ops.quote_name
+    fields = [TrainingSession._meta.get_field(name) for name in columns]
+    sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    values = [
+        field.get_db_prep_save(value, connection)
+        for field, value in zip(fields, columns.values(), strict=True)
+    ]
+    sql = (
+        f"UPDATE {quote(TrainingSession._meta.db_table)} SET {sets} "
+        f"WHERE {quote('id')} = %s"
+    )
+    return sql, [*values, session_id]
+
+
+def _and_update_session(
+    connection: Any,
+    insert_sql: str,
+    insert_params: list[Any],
+    session_id: int,
+    columns: dict[str, Any],
+) -> tuple[str, list[Any]]:
+    """The INSERT ... RETURNING "epoch" and an UPDATE of the session's columns,
+    done only if a row was inserted, as one statement (a data-modifying CTE)."""
+    update_sql, update_params = _session_update(connection, session_id, columns)
+    sql = (
+        f"WITH new AS ({insert_sql}), moved AS ("
+        f"{update_sql} AND EXISTS (SELECT 1 FROM new)) "
+        'SELECT "epoch" FROM new'
+    )
+    return sql, [*insert_params, *update_params]
 
 
 class StoredEpochs(Sequence["EpochMetric"]):

@@ -161,15 +161,13 @@ def run_training(self: Any, session_id: int) -> str:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        # The epoch first, then its push and its stored event (push_epoch). Storing
-        # the event in the epoch's transaction saved a commit, but on PostgreSQL
-        # it held the event-order lock across every run's commit: 10 runs at once
-        # then queued for seconds (bench/NOTES.md).
+        # The epoch first, then its push; its event is stored in a batch with
+        # others, off this thread (events._EventWriter).
         row = _retrying(
             lambda: session.record_epoch(result.epoch, result.metrics, result.duration),
             f"saving epoch {result.epoch} of session {session_id}",
         )
-        events.push_epoch(session, row, stats)
+        events.push_epoch(session, row, stats, store_later=True)
 
     try:
         result = training.fit(

@@ -38,19 +38,13 @@ def _test_redis_url() -> str:
 
 
 def _use_redis(url: str) -> None:
-    """Point this process's Celery and channel layer at the tests' Redis."""
-    from channels.layers import channel_layers
-
+    """Point this process's Celery, cache and events at the tests' Redis."""
     from mltrack.celery import app
 
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
-    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [
-        {"address": url, "socket_timeout": None}
-    ]
     settings.CACHES["default"]["LOCATION"] = url
     app.conf.broker_url = url
-    channel_layers.backends.clear()
 
 
 REDIS_URL = _test_redis_url()
@@ -263,6 +257,7 @@ def page(browser, request):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     new_page = context.new_page()
     problems: list[str] = []
+
     def note_console(message) -> None:
         if message.type == "error":
             # A failed load names no URL in its text; the location says which.
@@ -311,3 +306,49 @@ def login(page, base_url: str, username: str, password: str) -> None:
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_selector("#connection")
+
+
+class EventTap:
+    """Hears every pushed event as a web process does: subscribed to the events'
+    pub/sub channel on the tests' Redis. Subscribe before the push."""
+
+    def __init__(self) -> None:
+        from sessions import events
+
+        self.client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(events.events_channel(REDIS_URL))
+
+    def next(self, timeout: float = 10) -> dict:
+        """The next event (its JSON, with its audiences under "_audiences")."""
+        import json
+
+        from sessions import events
+
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "message":
+                audiences, text = events.parse_wire_message(message["data"])
+                return dict(json.loads(text), _audiences=audiences)
+        raise TimeoutError(f"no event within {timeout} s")
+
+    def until(self, *types: str, timeout: float = 10, limit: int = 1000) -> list[dict]:
+        """Every event up to and including the first of one of these types."""
+        received: list[dict] = []
+        while len(received) < limit:
+            received.append(self.next(timeout))
+            if received[-1]["type"] in types:
+                return received
+        raise AssertionError(f"no {types} within {limit} events")
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+@pytest.fixture
+def event_tap():
+    tap = EventTap()
+    yield tap
+    tap.close()

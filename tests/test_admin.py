@@ -2,13 +2,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import timedelta
 from urllib.parse import urlencode
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth.models import Permission
 from django.utils.timezone import now
 
@@ -197,28 +194,13 @@ def test_it_cannot_edit_status_or_metrics(staff_client, make_session):
     assert (run.status, run.current_epoch, run.best_val_accuracy) == before
 
 
-def subscribe_staff_group() -> str:
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
-    return channel
-
-
-def receive(channel: str) -> dict:
-    async def get() -> dict:
-        import asyncio
-
-        return await asyncio.wait_for(get_channel_layer().receive(channel), 10)
-
-    return json.loads(async_to_sync(get)()["text"])
-
-
-def test_stop_selected_stops_sessions_and_tells_viewers(staff_client, make_session):
+def test_stop_selected_stops_sessions_and_tells_viewers(
+    staff_client, make_session, event_tap
+):
     queued = make_session()
     running = make_session()
     running.mark_running("task-1")
     done = finished_run(make_session)
-    channel = subscribe_staff_group()
 
     r = staff_client.post(
         CHANGELIST,
@@ -237,8 +219,9 @@ def test_stop_selected_stops_sessions_and_tells_viewers(staff_client, make_sessi
     assert queued.status == "stopped"
     assert running.status == "stopping"  # the worker stops it after its epoch
     assert done.status == "completed"
-    pushed = {receive(channel)["session"]["id"]: None for _ in range(2)}
-    assert set(pushed) == {queued.pk, running.pk}
+    pushed = [event_tap.next() for _ in range(2)]
+    assert {e["session"]["id"] for e in pushed} == {queued.pk, running.pk}
+    assert all(events.STAFF_AUDIENCE in e["_audiences"] for e in pushed)
 
 
 def test_view_only_staff_cannot_stop_sessions(client, staff, make_session):

@@ -232,7 +232,7 @@ def test_it_rejects_bad_input_naming_the_field(client, auth, run, body, field, t
     assert not run.epochs.exists()
 
 
-@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1" + "0" * 400])
 def test_it_rejects_non_finite_numbers_naming_epoch_and_metric(
     client, auth, run, literal
 ):

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 pytestmark = pytest.mark.django_db
@@ -172,3 +174,49 @@ def test_a_cursor_beyond_any_epoch_answers_no_epochs(alice_client, trained):
         response = alice_client.get(f"/api/ml/training-metrics/{trained.pk}?{query}")
         assert response.status_code == 200
         assert response.json()["epochs"] == []
+
+
+def test_thinned_rows_carry_their_own_duration_time_and_values(
+    alice_client, make_session
+):
+    # Rows stored out of epoch order, with gaps, missing values and a NaN (which
+    # PostgreSQL stores and SQLite stores as NULL): every row sent must still be
+    # the stored row of its epoch.
+    from datetime import UTC, datetime, timedelta
+
+    from sessions.models import EpochMetric
+
+    session = make_session(total_epochs=9000)
+    start = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    epochs = list(range(3, 9000, 3))
+    rows = [
+        EpochMetric(
+            session=session,
+            epoch=epoch,
+            train_loss=math.nan if epoch == 300 else math.sin(epoch) + epoch % 7,
+            val_loss=None if epoch % 4 else 1 / epoch,
+            duration=None if epoch % 5 == 0 else epoch / 1000,
+            # The first, always sent, with no fraction of a second.
+            created=start
+            + timedelta(seconds=epoch, microseconds=0 if epoch == 3 else epoch * 7),
+        )
+        for epoch in reversed(epochs)
+    ]
+    EpochMetric.objects.bulk_create(rows, batch_size=1000)
+    body = alice_client.get(
+        f"/api/ml/training-metrics/{session.pk}?maxPoints=200"
+    ).json()
+    assert body["downsampled"] is True and body["count"] == len(epochs)
+    stored = {row.epoch: row for row in rows}
+    sent = [e["epoch"] for e in body["epochs"]]
+    assert sent == sorted(set(sent))
+    for row in body["epochs"]:
+        epoch = stored[row["epoch"]]
+        assert row["duration"] == epoch.duration
+        assert row["time"] == epoch.created.isoformat()
+        assert row["metrics"]
+        for name, value in row["metrics"].items():
+            assert value == getattr(epoch, name)
+    losses = [e["epoch"] for e in body["epochs"] if "train_loss" in e["metrics"]]
+    assert 300 not in losses
+    assert body["epochs"][0]["time"] == "2026-01-02T03:04:08+00:00"

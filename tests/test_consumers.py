@@ -1,12 +1,15 @@
-"""The WebSocket consumer through the real ASGI app and the Redis channel layer."""
+"""The WebSocket consumer through the real ASGI app and the real Redis."""
+
+import asyncio
 
 import pytest
-from channels.layers import get_channel_layer
+import redis.asyncio
 from channels.testing import WebsocketCommunicator
 
 from mltrack.asgi import application
 from sessions import events
 from sessions.models import ApiToken
+from tests.conftest import REDIS_URL
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -101,15 +104,7 @@ async def _login(user):
     return await database_sync_to_async(log_in)()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_layer():
-    from asgiref.sync import async_to_sync
-
-    yield
-    async_to_sync(get_channel_layer().flush)()
-
-
-async def test_sockets_of_one_process_share_one_group_membership(alice, make_session):
+async def test_sockets_of_one_process_share_one_subscription(alice, make_session):
     from channels.db import database_sync_to_async
 
     session = await database_sync_to_async(make_session)()
@@ -118,8 +113,7 @@ async def test_sockets_of_one_process_share_one_group_membership(alice, make_ses
     first, connected_first, _ = await connect(path, cookie)
     second, connected_second, _ = await connect(path, cookie)
     assert connected_first and connected_second
-    group = events.EVENTS_GROUP
-    assert await _members(group) == 1  # the process, not each socket
+    assert await _subscribers() == 1  # the process, not each socket
     await database_sync_to_async(events.push_status)(session, "training_started")
     for communicator in (first, second):
         message = await communicator.receive_json_from(timeout=5)
@@ -130,33 +124,64 @@ async def test_sockets_of_one_process_share_one_group_membership(alice, make_ses
     assert events.session_audience(session.pk) not in events.local_fanout().viewers
 
 
-async def test_a_flushed_channel_layer_does_not_leave_the_process_deaf(
+async def test_a_lost_subscription_closes_sockets_so_pages_backfill(
     alice, make_session
 ):
+    """Redis restarting drops the subscription, and what was published meanwhile
+    is gone: the sockets must not stay open as if live. They are closed with 1013
+    (try again); the next socket subscribes again and hears new events."""
     from channels.db import database_sync_to_async
 
     session = await database_sync_to_async(make_session)()
     cookie = await _login(alice)
-    first, _, _ = await connect("/ws/training/", cookie)
-    # Redis forgets the group (flushed by another process, or expired).
-    layer = get_channel_layer()
-    group = events.EVENTS_GROUP
-    await layer.connection(layer.consistent_hash(group)).delete(layer._group_key(group))
-    assert await _members(group) == 0
-    # The next socket to connect renews the process's membership for all.
-    second, _, _ = await connect("/ws/training/", cookie)
+    first, connected, _ = await connect("/ws/training/", cookie)
+    assert connected
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    assert await client.client_kill_filter(_type="pubsub") >= 1
+    closed = await first.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": events.CLOSE_TRY_AGAIN}
+    second, connected, _ = await connect("/ws/training/", cookie)
+    assert connected
+    assert await _subscribers() == 1
     await database_sync_to_async(events.push_status)(session, "training_started")
-    for communicator in (first, second):
-        message = await communicator.receive_json_from(timeout=5)
-        assert message["type"] == "training_started"
-    await first.disconnect()
+    message = await second.receive_json_from(timeout=5)
+    assert message["type"] == "training_started"
     await second.disconnect()
+    await client.aclose()
 
 
-async def _members(group: str) -> int:
-    layer = get_channel_layer()
-    connection = layer.connection(layer.consistent_hash(group))
-    return await connection.zcard(layer._group_key(group))
+async def test_it_refuses_a_socket_while_redis_is_down(alice, settings):
+    cookie = await _login(alice)
+    await _reset_fanout()
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    try:
+        communicator, connected, _ = await connect("/ws/training/", cookie)
+        assert not connected  # the page retries with backoff
+    finally:
+        await _reset_fanout()
+
+
+async def _reset_fanout() -> None:
+    """Forget this loop's fan-out, so the next socket makes one from settings."""
+    import asyncio
+
+    fanout = events._fanouts.pop(asyncio.get_running_loop(), None)
+    if fanout is not None and fanout.listener is not None:
+        fanout.listener.cancel()
+
+
+async def _subscribers() -> int:
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    channel = events.events_channel(REDIS_URL)
+    try:
+        for _ in range(50):
+            [(_, count)] = await client.pubsub_numsub(channel)
+            if count:
+                return count
+            await asyncio.sleep(0.02)  # a subscription can take a moment to show
+        return 0
+    finally:
+        await client.aclose()
 
 
 class RecordingSocket:
@@ -178,20 +203,17 @@ class RecordingSocket:
 
 
 async def test_events_that_arrive_while_writing_go_out_as_one_batch_frame():
-    import asyncio
     import json
 
-    from channels.layers import InMemoryChannelLayer
-
-    fanout = events.LocalFanout(InMemoryChannelLayer())
+    fanout = events.LocalFanout(REDIS_URL)
     slow, elsewhere = RecordingSocket(write_seconds=0.2), RecordingSocket()
     await fanout.join("run-1", slow)
     await fanout.join("run-2", elsewhere)
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
 
-    async def publish(group: str, event: dict) -> None:
-        text = json.dumps(event)
-        message = events.event_message([group], text)
-        await fanout.layer.group_send(events.EVENTS_GROUP, message)
+    async def publish(audience: str, event: dict) -> None:
+        message = events.wire_message([audience], json.dumps(event))
+        await client.publish(events.events_channel(REDIS_URL), message)
 
     async def frames(count: int) -> list[dict]:
         for _ in range(200):
@@ -209,8 +231,8 @@ async def test_events_that_arrive_while_writing_go_out_as_one_batch_frame():
     assert first == {"type": "training_progress", "epoch": 1}
     assert second["type"] == "batch"
     assert [event["epoch"] for event in second["events"]] == [2, 3, 4]
-    assert elsewhere.frames == []
-    await asyncio.sleep(0.3)
-    assert len(slow.frames) == 2
-    for task in fanout.tasks:
-        task.cancel()
+    # Once written, nothing else is queued for either socket.
+    await fanout.flushing
+    assert len(slow.frames) == 2 and elsewhere.frames == []
+    fanout.listener.cancel()
+    await client.aclose()

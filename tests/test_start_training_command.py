@@ -5,12 +5,9 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 from django.utils.timezone import now
 
-from sessions import events
 from sessions.management.commands.start_training import (
     EXIT_FAILED,
     EXIT_STOPPED,
@@ -34,12 +31,9 @@ def start(*args: str, **options) -> str:
 
 
 def test_it_queues_a_session_like_the_api(
-    root, django_capture_on_commit_callbacks, settings
+    root, django_capture_on_commit_callbacks, settings, event_tap
 ):
     settings.SITE_URL = "https://mltrack.example.com"
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
 
     with django_capture_on_commit_callbacks() as callbacks:
         out = start(
@@ -61,7 +55,7 @@ def test_it_queues_a_session_like_the_api(
     assert len(callbacks) == 1  # run_training.delay_on_commit
     assert f"Queued session {session.pk}: " in out
     assert f"Page: https://mltrack.example.com/sessions/{session.pk}/" in out
-    event = json.loads(async_to_sync(layer.receive)(channel)["text"])
+    event = event_tap.next()
     assert event["type"] == "training_status"
     assert event["session"]["id"] == session.pk
 

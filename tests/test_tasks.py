@@ -1,48 +1,21 @@
-"""run_training in-process, on the real database and the real Redis channel layer."""
+"""run_training in-process, on the real database and the real Redis."""
 
 import io
-import json
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.management import call_command
 from django.utils.timezone import now
 
-from sessions import catalog, events
+from sessions import catalog
 from sessions.models import TrainingSession
 from sessions.tasks import run_training
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def listen(group):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(group, channel)
-    return layer, channel
-
-
-def drain(layer, channel, until_type, limit=100):
-    received = []
-
-    async def read():
-        import asyncio
-
-        while len(received) < limit:
-            message = await asyncio.wait_for(layer.receive(channel), timeout=10)
-            received.append(json.loads(message["text"]))
-            if received[-1]["type"] == until_type:
-                return
-
-    async_to_sync(read)()
-    return received
-
-
-def test_it_trains_saves_every_epoch_and_pushes_events(make_session):
+def test_it_trains_saves_every_epoch_and_pushes_events(make_session, event_tap):
     session = make_session(total_epochs=4)
-    layer, channel = listen(events.EVENTS_GROUP)
 
     summary = run_training(session.pk)
 
@@ -51,7 +24,7 @@ def test_it_trains_saves_every_epoch_and_pushes_events(make_session):
     assert "completed after 4 epochs" in summary
     assert list(session.epochs.values_list("epoch", flat=True)) == [1, 2, 3, 4]
     assert session.report["confusionMatrix"]
-    received = drain(layer, channel, "training_completed")
+    received = event_tap.until("training_completed")
     assert [e["type"] for e in received] == (
         ["training_started"] + ["training_progress"] * 4 + ["training_completed"]
     )
@@ -104,10 +77,11 @@ def test_a_diverging_run_fails_with_the_reason(make_session):
     assert session.epochs.count() == session.current_epoch < 30
 
 
-def test_a_plateau_is_flagged_on_the_session_without_stopping_it(make_session):
+def test_a_plateau_is_flagged_on_the_session_without_stopping_it(
+    make_session, event_tap
+):
     params, _ = catalog.clean_params("logistic", "iris", {"learning_rate": 1e-6})
     session = make_session(model_type="logistic", total_epochs=8, params=params)
-    layer, channel = listen(events.EVENTS_GROUP)
     run_training(session.pk)
     session.refresh_from_db()
     assert session.status == TrainingSession.Status.COMPLETED
@@ -115,7 +89,7 @@ def test_a_plateau_is_flagged_on_the_session_without_stopping_it(make_session):
     assert session.diagnostics[0]["epoch"] == 6
     progress = [
         e
-        for e in drain(layer, channel, "training_completed")
+        for e in event_tap.until("training_completed")
         if e["type"] == "training_progress"
     ]
     assert [bool(e["stats"]["diagnostics"]) for e in progress] == [False] * 5 + [
@@ -123,7 +97,7 @@ def test_a_plateau_is_flagged_on_the_session_without_stopping_it(make_session):
     ] * 3
 
 
-def test_lost_sessions_are_failed_and_announced(make_session):
+def test_lost_sessions_are_failed_and_announced(make_session, event_tap):
     session = make_session()
     session.mark_running("t")
     session.record_epoch(1, {"train_loss": 0.5})
@@ -132,14 +106,13 @@ def test_lost_sessions_are_failed_and_announced(make_session):
     )
     alive = make_session()
     alive.mark_running("t2")
-    layer, channel = listen(events.EVENTS_GROUP)
 
     assert f"Failed 1 lost session(s): #{session.pk}" in call_command_output()
     session.refresh_from_db()
     alive.refresh_from_db()
     assert session.status == TrainingSession.Status.FAILED
     assert alive.status == TrainingSession.Status.RUNNING
-    event = drain(layer, channel, "training_failed")[-1]
+    event = event_tap.until("training_failed")[-1]
     assert event["session"]["error"].startswith("Worker lost")
     assert "No lost sessions" in call_command_output()
 

@@ -119,13 +119,16 @@
     }
   }
 
-  // The report is rendered by the server; fetch this page again and take it.
+  // The report and the configuration (its start and finish times) are rendered
+  // by the server; fetch this page again and take them.
   async function refreshReport() {
     const response = await fetch(location.href, { credentials: "same-origin" });
     if (!response.ok) return;
     const html = new DOMParser().parseFromString(await response.text(), "text/html");
-    const fresh = html.getElementById("report");
-    if (fresh) document.getElementById("report").replaceWith(fresh);
+    for (const id of ["report", "config"]) {
+      const fresh = html.getElementById(id);
+      if (fresh) document.getElementById(id).replaceWith(fresh);
+    }
   }
 
   async function backfill() {

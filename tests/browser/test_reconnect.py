@@ -95,6 +95,9 @@ def test_a_redis_restart_mid_run_loses_no_epoch(page, alice, tmp_path):
         _assert_every_epoch_once(page)
         # The final report replaces its placeholder without a reload.
         page.wait_for_selector("table.confusion")
+        # The configuration card now says when the run finished, without a reload.
+        finished = page.locator("#config tr", has_text="Finished").locator("td")
+        assert finished.text_content().startswith("20")
         print("\nconnection states:", page.evaluate("window.connectionStates"))
         problems = [p for p in page.console_problems if "WebSocket" not in p]
         assert problems == []

@@ -1,18 +1,14 @@
 """Stop, failure, divergence and diagnostics on a real Celery worker process, with
 events read from the real Redis channel layer."""
 
-import asyncio
-import json
-
 import numpy as np
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.core.files.base import ContentFile
 
 from sessions import catalog, events
 from sessions.models import TrainingSession
 from sessions.tasks import run_training
+from tests.conftest import EventTap
 from tests.integration.engine_workers import Worker, new_queue, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -132,21 +128,10 @@ def test_overfitting_is_flagged_on_the_session_and_in_progress_events(
         data_file=ContentFile(noise_csv().encode(), name="noise.csv"),
         target_column="label",
     )
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.EVENTS_GROUP, channel)
+    tap = EventTap()
     run_training.apply_async((session.pk,), queue=worker.queue)
-
-    received = []
-
-    async def read():
-        while True:
-            message = await asyncio.wait_for(layer.receive(channel), timeout=120)
-            received.append(json.loads(message["text"]))
-            if received[-1]["type"] in events.FINAL_EVENTS.values():
-                return
-
-    async_to_sync(read)()
+    received = tap.until(*events.FINAL_EVENTS.values(), timeout=120)
+    tap.close()
     reloaded(session)
     assert session.status == Status.COMPLETED, session.error
     kinds = [d["kind"] for d in session.diagnostics]

@@ -209,52 +209,42 @@ def test_hundreds_of_viewers_and_a_stalled_one_all_get_every_epoch(live_stack, a
         assert sorted(viewer.epochs) == list(range(1, 31))
 
 
-def test_events_dropped_by_a_full_channel_are_backfilled(redis_server, tmp_path, alice):
-    """An overloaded web process (daphne paused) lets its channel fill up; the
-    channel layer then drops events. The viewer sees the gap and backfills."""
-    import os
-    import signal
+def test_a_subscription_that_redis_drops_mid_run_loses_no_epoch(
+    redis_server, tmp_path, alice
+):
+    """Redis drops a web process's subscription (a subscriber over its output
+    buffer limit, a CLIENT KILL, a network blip), and whatever is published until
+    it subscribes again is gone. The process closes its sockets (1013); the viewer
+    reconnects, backfills from the API and ends with every epoch once."""
+    import redis as redis_client
 
-    overloaded = Stack(redis_server.url, tmp_path)
-    overloaded.env["CHANNEL_CAPACITY"] = "5"
-    overloaded.start()
+    stack_ = Stack(redis_server.url, tmp_path)
+    stack_.start()
     try:
         _, token = ApiToken.issue(alice)
         body = {"modelType": "logistic", "dataset": "iris", "epochs": 150}
-        session_id = call(overloaded, "POST", "/api/ml/start-training", token, body)[
+        session_id = call(stack_, "POST", "/api/ml/start-training", token, body)[
             "session"
         ]["id"]
+        viewer = Viewer(stack_, token, session_id)
 
-        class CountingViewer(Viewer):
-            gaps = 0
-
-            async def backfill(self) -> None:
-                self.gaps += 1
-                await super().backfill()
-
-        viewer = CountingViewer(overloaded, token, session_id)
-
-        def pause_daphne():
-            paused_at = EpochMetric.objects.filter(session_id=session_id).count()
-            os.kill(overloaded.daphne.pid, signal.SIGSTOP)
-            try:
-                wait_for_epoch(session_id, paused_at + 20)
-            finally:
-                os.kill(overloaded.daphne.pid, signal.SIGCONT)
+        def drop_subscriptions():
+            wait_for_epoch(session_id, 3)
+            admin = redis_client.Redis.from_url(redis_server.url)
+            assert admin.client_kill_filter(_type="pubsub") >= 1
+            admin.close()
 
         async def scenario():
             watching = asyncio.create_task(viewer.watch())
-            await asyncio.to_thread(wait_for_epoch, session_id, 3)
-            await asyncio.to_thread(pause_daphne)
+            await asyncio.to_thread(drop_subscriptions)
             await watching
 
         asyncio.run(scenario())
     finally:
-        overloaded.stop()
+        stack_.stop()
     assert TrainingSession.objects.get(pk=session_id).status == "completed"
     assert sorted(viewer.epochs) == list(range(1, 151))
-    # One backfill on connect, one at the end, and at least one for the gap.
-    assert viewer.gaps >= 3 and viewer.connections == 1
+    assert viewer.connections >= 2  # its socket was closed, and it came back
 
 
 def test_the_worker_retries_its_writes_while_the_database_is_unavailable(
