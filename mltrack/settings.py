@@ -113,8 +113,14 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.getenv("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
         conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
+        # A kept connection that died (a database restart) is replaced before a
+        # request uses it.
+        conn_health_checks=True,
     )
 }
+# Threads that run the web process's requests, each with its own database
+# connection (mltrack/asgi.py): at most this many requests run at once.
+WEB_THREADS = env_int("WEB_THREADS", 20, minimum=1)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -124,21 +130,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests run the worker and daphne as separate processes: they need a file.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
 elif env_bool("DB_POOL", False):
-    # Daphne runs each request on a thread of its own and Django's connections are
-    # per thread, so CONN_MAX_AGE keeps nothing: every request paid for a new
-    # PostgreSQL connection (~9 ms here). Off by default: in the test suite a
-    # pool of 20 ran dry after 300 simultaneous WebSocket handshakes and stayed dry
-    # (PoolTimeout on every later connection), a leak not yet found. Never for the
-    # worker: a pool must not be inherited across a fork. The check finds
-    # connections that died with a database restart before a request gets one.
+    # A pool of connections shared by the web process's threads. Off by default:
+    # the web process keeps one connection per request thread (mltrack/asgi.py),
+    # and after a database restart psycopg's pool checks its dead connections one
+    # by one with growing pauses, so the first requests waited 10 s and failed.
+    # Never for the worker: a pool must not be inherited across a fork.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    pool_size = env_int("DB_POOL_MAX_SIZE", 20, minimum=1)
     DATABASES["default"]["OPTIONS"] = {
-        "pool": {
-            "min_size": 2,
-            "max_size": env_int("DB_POOL_MAX_SIZE", 20, minimum=1),
-            "timeout": 10,
-        }
+        "pool": {"min_size": min(2, pool_size), "max_size": pool_size, "timeout": 10}
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

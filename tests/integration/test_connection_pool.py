@@ -1,0 +1,140 @@
+"""The web process's PostgreSQL connections, on a real daphne.
+
+By default each request thread keeps its connection (mltrack/asgi.py). With a
+pool (DB_POOL=1), a connection taken by a request must come back to the pool
+however the request ends. The one that did not: a client that leaves while its
+request still runs in the database, for longer than daphne waits (10 s) before it
+cancels the request. Django gave the connection back in request_finished, which a
+cancelled request never reaches, so the pool lost one connection each time and,
+once empty, refused every request and WebSocket handshake with PoolTimeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+
+import pytest
+import websockets
+from django.db import connection, transaction
+
+from sessions.models import ApiToken, TrainingSession
+from tests.conftest import REDIS_URL, Stack
+from tests.conftest import call_api as call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# What daphne logs when it cancels a request whose client has gone.
+CANCELLED = "took too long to shut down and was killed"
+
+
+@pytest.fixture
+def web(tmp_path):
+    """Daphne alone on the test database, with one request thread."""
+    if connection.vendor != "postgresql":
+        pytest.skip("connections are observed from PostgreSQL's side")
+    running = Stack(REDIS_URL, tmp_path)
+    # libpq names the connections: this daphne's are told from other processes'.
+    running.env.update(WEB_THREADS="1", PGAPPNAME=f"test-web-{running.port}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def pooled_web(web):
+    # A pool of one: a single lost connection leaves it empty.
+    web.env.update(DB_POOL="1", DB_POOL_MAX_SIZE="1")
+    web.start_daphne()
+    return web
+
+
+def _web_backends(running: Stack) -> list[tuple]:
+    """(pid, start time) of the daphne's connections to the test database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = %s",
+            [running.env["PGAPPNAME"]],
+        )
+        return cursor.fetchall()
+
+
+def test_requests_share_one_kept_connection(web, alice):
+    web.start_daphne()
+    _, token = ApiToken.issue(alice)
+    call(web, "GET", "/api/ml/training-data", token)
+    first = _web_backends(web)
+    for _ in range(3):
+        call(web, "GET", "/api/ml/training-data", token)
+    assert len(first) == 1
+    assert _web_backends(web) == first
+
+
+def test_a_kept_connection_that_died_is_replaced_before_a_request_uses_it(web, alice):
+    web.start_daphne()
+    _, token = ApiToken.issue(alice)
+    call(web, "GET", "/api/ml/training-data", token)
+    (killed,) = _web_backends(web)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [killed[0]])
+    assert call(web, "GET", "/api/ml/training-data", token)["total"] == 0
+    assert _web_backends(web)[0] != killed
+
+
+def _abandoned_log_call(running: Stack, token: str, session_id: int) -> None:
+    request = urllib.request.Request(
+        f"{running.url}/api/ml/runs/{session_id}/metrics",
+        method="POST",
+        data=json.dumps({"epochs": [{"epoch": 1, "metrics": {"loss": 0.5}}]}).encode(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with pytest.raises(TimeoutError):
+        urllib.request.urlopen(request, timeout=1)
+
+
+def test_a_request_cancelled_in_the_database_gives_its_connection_back(
+    pooled_web, alice
+):
+    _, token = ApiToken.issue(alice)
+    run = TrainingSession.objects.start_external(alice, "pool", {}, 10, "custom")
+    with transaction.atomic():
+        # Hold the run's row: the log call waits for it inside the database,
+        # holding the pool's only connection, until daphne cancels it.
+        TrainingSession.objects.select_for_update().get(pk=run.pk)
+        _abandoned_log_call(pooled_web, token, run.pk)
+        # Daphne cancels a request still running 10 s after its client left, and
+        # again every second until it ends: the second cancellation is the one
+        # that lost the connection. A request whose view runs on a request
+        # thread ends at once and is never cancelled: hold the row as long.
+        _wait_for_cancellations(pooled_web, 2, at_most=14)
+
+    # The pool has its connection again: a request and a handshake get one.
+    answer = call(pooled_web, "GET", f"/api/ml/training-session/{run.pk}", token)
+    assert answer["session"]["currentEpoch"] == 1
+    event = asyncio.run(_log_and_watch(pooled_web, token, run.pk, epoch=2))
+    assert (event["type"], event["epoch"]) == ("training_progress", 2)
+
+
+def _wait_for_cancellations(running: Stack, count: int, at_most: float) -> None:
+    log = running.log_dir / "daphne.log"
+    deadline = time.monotonic() + at_most
+    while log.read_text(errors="replace").count(CANCELLED) < count:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+
+
+async def _log_and_watch(running: Stack, token: str, session_id: int, epoch: int):
+    """Log an epoch while a WebSocket watches the run; the event it gets."""
+    url = f"{running.url.replace('http', 'ws')}/ws/training/{session_id}/"
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"epochs": [{"epoch": epoch, "metrics": {"loss": 0.25}}]}
+    async with websockets.connect(url, additional_headers=headers) as socket:
+        path = f"/api/ml/runs/{session_id}/metrics"
+        await asyncio.to_thread(call, running, "POST", path, token, body)
+        return json.loads(await asyncio.wait_for(socket.recv(), 10))
