@@ -182,7 +182,9 @@ window.MLTrack = (function () {
           animation: false, responsive: true, maintainAspectRatio: false,
           interaction: { mode: "nearest", axis: "x", intersect: false },
           scales: {
-            x: { type: "linear", title: { display: true, text: "epoch" } },
+            // Epochs are whole numbers: no tick at epoch 1.5.
+            x: { type: "linear", title: { display: true, text: "epoch" },
+              ticks: { precision: 0 } },
             y: { type: "linear", suggestedMin: this.options.min,
                  suggestedMax: this.options.max },
           },
@@ -263,6 +265,7 @@ window.MLTrack = (function () {
     setXAxis(mode) {
       this.xAxis = mode;
       this.chart.options.scales.x.title.text = mode === "time" ? "elapsed seconds" : "epoch";
+      this.chart.options.scales.x.ticks.precision = mode === "time" ? undefined : 0;
       this.setXRange(null, null);
     }
 
