@@ -184,6 +184,11 @@ def events_channel(redis_url: str) -> str:
     return f"mltrack:db{db}:training-events"
 
 
+def subscriber_name() -> str:
+    """The Redis client name of this process's events subscription."""
+    return f"mltrack-events-{os.getpid()}"
+
+
 def wire_message(audiences: Sequence[str], text: str) -> str:
     """One published event: its audiences on the first line, its JSON text after.
     The web process routes by the first line and forwards the text untouched."""
@@ -432,6 +437,9 @@ class LocalFanout:
     async def _subscribe(self) -> redis.asyncio.client.PubSub:
         client = redis.asyncio.Redis.from_url(
             self.redis_url,
+            # Names this process's subscription in CLIENT LIST, for operators
+            # (and tests) to tell one web process's from another's.
+            client_name=subscriber_name(),
             decode_responses=True,
             socket_connect_timeout=2,
             # Idle for hours between runs is normal: no read timeout.
