@@ -5,7 +5,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import psutil
@@ -74,44 +74,14 @@ class _Progress:
         }
 
 
-# Epochs that come faster than this are saved and pushed in groups: saving one
-# takes ~0.5 ms of the training thread and a commit, a tenth of a 5 ms epoch
-# (bench/NOTES.md). An epoch waits at most about this long to be saved.
-GROUP_SECONDS = 0.02
-
-
-class _EpochGroup:
-    """The epochs trained but not yet saved. Each epoch is saved at once, unless
-    the next one is expected within GROUP_SECONDS of the oldest one waiting: a
-    run of 5 ms epochs is saved three or four at a time, one of 50 ms epochs (or
-    ten runs sharing the cores) one at a time."""
-
-    def __init__(self, session: TrainingSession) -> None:
-        self.session = session
-        self.items: list[tuple[int, dict[str, Any], float | None, datetime]] = []
-        self.stats: list[dict[str, Any]] = []
-        self.previous = time.monotonic()
-
-    def add(self, result: Any, stats: dict[str, Any]) -> None:
-        moment = time.monotonic()
-        epoch_seconds, self.previous = moment - self.previous, moment
-        self.items.append((result.epoch, result.metrics, result.duration, now()))
-        self.stats.append(stats)
-        waited = (now() - self.items[0][3]).total_seconds()
-        if waited + epoch_seconds >= GROUP_SECONDS:
-            self.save()
-
-    def save(self) -> None:
-        if not self.items:
-            return
-        items, stats = self.items, self.stats
-        self.items, self.stats = [], []
-        first, last = items[0][0], items[-1][0]
-        rows = _retrying(
-            lambda: self.session.record_trained(items),
-            f"saving epochs {first}-{last} of session {self.session.pk}",
-        )
-        events.push_trained(self.session, rows, stats)
+def _save_epoch(session: TrainingSession, result: Any, stats: dict[str, Any]) -> None:
+    """Save one trained epoch, then push it; its event is stored in a batch."""
+    items = [(result.epoch, result.metrics, result.duration, now())]
+    (row,) = _retrying(
+        lambda: session.record_trained(items),
+        f"saving epoch {result.epoch} of session {session.pk}",
+    )
+    events.push_trained(session, [row], [stats])
 
 
 # How stale the status behind should_stop may be: a stop request (or a session
@@ -186,7 +156,6 @@ def run_training(self: Any, session_id: int) -> str:
     events.push_status(session, "training_started")
 
     progress = _Progress(session.total_epochs or 0)
-    group = _EpochGroup(session)
     heartbeat = _Heartbeat(session)
     heartbeat.start()
 
@@ -203,25 +172,19 @@ def run_training(self: Any, session_id: int) -> str:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        group.add(result, stats)
-
-    def fit_and_save() -> training.FitResult:
-        try:
-            return training.fit(
-                session.model_type,
-                session.dataset,
-                session.params,
-                session.total_epochs or 0,
-                on_epoch=on_epoch,
-                should_stop=_StopCheck(session),
-                csv_path=session.data_file.path if session.data_file else None,
-                target_column=session.target_column or None,
-            )
-        finally:
-            group.save()  # every trained epoch saved before the final status
+        _save_epoch(session, result, stats)
 
     try:
-        result = fit_and_save()
+        result = training.fit(
+            session.model_type,
+            session.dataset,
+            session.params,
+            session.total_epochs or 0,
+            on_epoch=on_epoch,
+            should_stop=_StopCheck(session),
+            csv_path=session.data_file.path if session.data_file else None,
+            target_column=session.target_column or None,
+        )
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()
         _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
