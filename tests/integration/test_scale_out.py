@@ -117,9 +117,14 @@ def test_two_workers_and_two_web_processes_share_the_work_and_every_event(
     assert all(s.status == "completed" for s in sessions.values())
 
     # Every session ran on one of the two workers, and both workers had runs.
-    trained = _worker_of_sessions(
-        {"worker": live_stack.log_dir / "worker.log", "worker-b": worker_b_log}
-    )
+    logs = {"worker": live_stack.log_dir / "worker.log", "worker-b": worker_b_log}
+    # A worker logs "succeeded" only after run_training returns, which is after its
+    # final event went out and was stored: give the log a moment to catch up.
+    deadline = time.monotonic() + 30
+    trained = _worker_of_sessions(logs)
+    while not set(ids) <= set(trained) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        trained = _worker_of_sessions(logs)
     ran_on = {}
     for pk in ids:
         # Exactly one run per session, by the task recorded on the session.
