@@ -224,8 +224,9 @@ def _store(items: Sequence[tuple[TrainingSession, TrainingEvent]]) -> None:
 
 
 def _send(session: TrainingSession, event: TrainingEvent) -> None:
-    # Viewers first, pollers second.
-    _push(session, event)
+    progress = event["type"] == "training_progress"
+    if progress:
+        _push(session, event)  # viewers first, pollers second
     try:
         # Keep the table in event order: this process's queued events go first.
         _writer().flush()
@@ -237,6 +238,11 @@ def _send(session: TrainingSession, event: TrainingEvent) -> None:
             session.pk,
             exc_info=True,
         )
+    if not progress:
+        # A status change is stored before it is pushed: whoever sees a run's
+        # final event finds every event of the run stored, and the worker has
+        # nothing left to write for it.
+        _push(session, event)
 
 
 # How long a queued event may wait for more to share its INSERT: pollers ask
