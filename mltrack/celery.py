@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -20,6 +21,18 @@ def _watch_for_lost_workers(**kwargs: object) -> None:
     from sessions.tasks import start_lost_worker_watch
 
     start_lost_worker_watch()
+
+
+@worker_ready.connect
+def _keep_startup_objects_out_of_collections(**kwargs: object) -> None:
+    # After Django, Celery and scikit-learn are loaded the worker holds ~180,000
+    # objects for life; each full collection walked them all, ~85 ms in the middle
+    # of a run (one in every few 300-epoch runs of 5 ms epochs, bench/NOTES.md).
+    # Load scikit-learn now and leave those objects out of every collection.
+    from sessions import training
+
+    training.import_libraries()
+    gc.freeze()
 
 
 @worker_init.connect

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import select
 import threading
 import weakref
 from collections.abc import Sequence
@@ -113,21 +114,13 @@ def push_epoch(
 
 
 def push_trained(
-    session: TrainingSession,
-    rows: Sequence[EpochMetric],
-    stats: Sequence[dict[str, Any] | None],
+    session: TrainingSession, row: EpochMetric, stats: dict[str, Any]
 ) -> None:
-    """Announce epochs the worker has just saved, in order: one Redis round trip
-    for them all, and their events stored in batches off the training thread
-    (_EventWriter)."""
-    announced = [
-        _epoch_event(session, row, row_stats)
-        for row, row_stats in zip(rows, stats, strict=True)
-    ]
-    _push(session, *announced)
-    writer = _writer()
-    for event in announced:
-        writer.add(session, event)
+    """Announce an epoch the worker has just saved: to viewers at once, to the
+    event table in a batch, off the training thread (_EventWriter)."""
+    event = _epoch_event(session, row, stats)
+    _push(session, event)
+    _writer().add(session, event)
 
 
 def _epoch_event(
@@ -135,7 +128,7 @@ def _epoch_event(
 ) -> TrainingEvent:
     event = TrainingEvent(
         type="training_progress",
-        session=session.as_dict(),
+        session=session.as_progress_dict(),
         epoch=row.epoch,
         metrics=row.metrics,
         duration=row.duration,
@@ -330,58 +323,95 @@ def _writer() -> _EventWriter:
     return writer
 
 
-def _push(session: TrainingSession, *announced: TrainingEvent) -> None:
-    audiences = audiences_for(session)
+def _push(session: TrainingSession, event: TrainingEvent) -> None:
     try:
-        publisher, channel = _publisher()
-        if len(announced) == 1:
-            # Serialised once here, not once per viewer in every web process.
-            publisher.publish(
-                channel, wire_message(audiences, json.dumps(announced[0]))
-            )
-            return
-        pipe = publisher.pipeline(transaction=False)
-        for event in announced:
-            pipe.publish(channel, wire_message(audiences, json.dumps(event)))
-        pipe.execute()
-    except redis.RedisError:  # Redis down or restarting: pages will backfill
+        # Serialised once here, not once per viewer in every web process.
+        _publisher().publish(wire_message(audiences_for(session), json.dumps(event)))
+    except (redis.RedisError, OSError):  # Redis down or restarting: pages backfill
         logger.warning(
             "Could not push %s for session %s",
-            ", ".join(event["type"] for event in announced),
+            event["type"],
             session.pk,
             exc_info=True,
         )
 
 
-_publishers: dict[tuple[int, str], tuple[redis.Redis, str]] = {}
-_publishers_lock = threading.Lock()
+class _Publisher:
+    """One thread's connection for pushes: PUBLISH without waiting for the answer.
 
-
-def _publisher() -> tuple[redis.Redis, str]:
-    """This process's Redis client for pushes, and the channel they go to.
-
-    One PUBLISH from the calling thread: no event loop, no thread to hand over
-    to. A handed-over push had to win the GIL back from the training threads
-    before it could go out (10 runs in one worker: 0.45 s median latency on
-    PostgreSQL, bench/NOTES.md). The client's pool is thread-safe; a forked child
-    (prefork pool) makes its own, keyed by process id.
+    The connection is told CLIENT REPLY OFF, so a push is one send() and the
+    training thread never waits for Redis: waiting for PUBLISH's reply (and for the
+    GIL after it) was a third of a tracked epoch's cost on a 5 ms epoch
+    (bench/NOTES.md). The reply only counted the subscribers, which nobody read. A
+    push into a connection that Redis has closed is noticed before the next send
+    (the socket turns readable at EOF) and that connection is replaced; a send that
+    fails raises, and the caller drops the event, as when Redis is down: pages
+    backfill. No retry: training must not wait for Redis.
     """
+
+    def __init__(self, redis_url: str) -> None:
+        options = redis.connection.parse_url(redis_url)
+        self.connection_class = options.pop("connection_class", redis.Connection)
+        self.options = {
+            **options,
+            "socket_connect_timeout": 1,
+            # A send that cannot go out (Redis stalled, buffers full) gives up.
+            "socket_timeout": PUSH_TIMEOUT_SECONDS,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self.channel = events_channel(redis_url)
+        self.connection: redis.Connection | None = None
+        self.poll: select.poll | None = None
+
+    def publish(self, text: str) -> None:
+        connection = self._connection()
+        try:
+            connection.send_command("PUBLISH", self.channel, text, check_health=False)
+        except BaseException:
+            self._close()
+            raise
+
+    def _connection(self) -> redis.Connection:
+        if self.connection is not None and self.poll is not None:
+            # Nothing is ever sent back on this connection: readable means that
+            # Redis closed it (EOF) or it broke.
+            if self.poll.poll(0):
+                self._close()
+        if self.connection is None:
+            connection = self.connection_class(**self.options)
+            try:
+                connection.connect()
+                connection.send_command("CLIENT", "REPLY", "OFF", check_health=False)
+            except BaseException:
+                connection.disconnect()
+                raise
+            self.poll = select.poll()
+            self.poll.register(connection._sock, select.POLLIN)
+            self.connection = connection
+        return self.connection
+
+    def _close(self) -> None:
+        if self.connection is not None:
+            self.connection.disconnect()
+        self.connection = self.poll = None
+
+
+_publishers = threading.local()
+
+
+def _publisher() -> _Publisher:
+    """The calling thread's publisher: each training thread (threads pool) and
+    request thread sends on a connection of its own, so no lock is shared and a
+    send never waits for another thread's. Keyed by process id (a forked child
+    makes its own) and by REDIS_URL (tests change it)."""
     key = (os.getpid(), settings.REDIS_URL)
-    found = _publishers.get(key)
-    if found is None:
-        with _publishers_lock:
-            found = _publishers.get(key)
-            if found is None:
-                client = redis.Redis.from_url(
-                    settings.REDIS_URL,
-                    socket_connect_timeout=1,
-                    socket_timeout=PUSH_TIMEOUT_SECONDS,
-                    # A push that failed is dropped, not retried: the page
-                    # backfills, and training must not wait for Redis.
-                    retry=Retry(NoBackoff(), 0),
-                )
-                found = _publishers[key] = (client, events_channel(settings.REDIS_URL))
-    return found
+    mine = getattr(_publishers, "by_key", None)
+    if mine is None:
+        mine = _publishers.by_key = {}
+    publisher = mine.get(key)
+    if publisher is None:
+        publisher = mine[key] = _Publisher(settings.REDIS_URL)
+    return publisher
 
 
 # ---------------------------------------------------------------- web processes

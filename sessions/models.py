@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import PurePath
@@ -201,6 +204,26 @@ class TrainingSession(models.Model):
             "url": self.get_absolute_url(),
         }
 
+    def as_progress_dict(self) -> dict[str, Any]:
+        """as_dict() for a running session's epoch events: the keys an epoch moves
+        read afresh, the others copied from this instance's first call. The worker
+        sends one per epoch, where as_dict() (its URL, file name and dates) cost
+        ~0.1 ms of a 5 ms epoch (bench/NOTES.md)."""
+        first = self.__dict__.get("_progress_dict")
+        if first is None or first["status"] != self.status:
+            first = self._progress_dict = self.as_dict()
+            return dict(first)
+        return {
+            **first,
+            "currentEpoch": self.current_epoch,
+            "progress": self.progress,
+            "heartbeatAt": _iso(self.heartbeat_at),
+            "durationSeconds": self.duration_seconds,
+            "finalMetrics": self.final_metrics,
+            "bestValAccuracy": self.best_val_accuracy,
+            "diagnostics": self.diagnostics,
+        }
+
     def _transition(self, from_statuses: tuple[str, ...], **changes: Any) -> bool:
         """Apply `changes` only if the row still has one of `from_statuses`.
 
@@ -333,71 +356,56 @@ class TrainingSession(models.Model):
         )
 
     def record_epoch(
-        self, epoch: int, metrics: dict[str, Any], duration: float | None = None
+        self,
+        epoch: int,
+        metrics: dict[str, Any],
+        duration: float | None = None,
+        finished: datetime | None = None,
     ) -> EpochMetric:
-        """Store one epoch's metrics and move the session's counters, atomically."""
-        return self.record_trained([(epoch, metrics, duration, now())])[0]
+        """Store one epoch's metrics (`finished`: when it was trained, default now)
+        and move the session's counters, atomically; return its row.
 
-    def record_trained(
-        self, items: list[tuple[int, dict[str, Any], float | None, datetime]]
-    ) -> list[EpochMetric]:
-        """Store epochs the worker trained, (epoch, metrics, duration, finished at),
-        and move the session's counters, atomically; return their rows in order.
-
-        The worker calls this every epoch or every few: one INSERT that skips an
-        epoch already there and one UPDATE, where a duplicate check first and
-        model saves cost about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
+        The worker calls this every epoch: one INSERT that skips an epoch already
+        there and one UPDATE, where a duplicate check first and model saves cost
+        about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
         """
-        rows = [
-            EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished)
-            for epoch, metrics, duration, finished in items
-        ]
-        last = max(rows, key=lambda row: row.epoch)
+        row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished or now())
         moved = {
-            "current_epoch": max(self.current_epoch, last.epoch),
-            "heartbeat_at": max(row.created for row in rows),
-            "final_metrics": last.metrics,
+            "current_epoch": max(self.current_epoch, row.epoch),
+            "heartbeat_at": row.created,
+            "final_metrics": row.metrics,
             "best_val_accuracy": self.best_val_accuracy,
         }
-        for row in rows:
-            accuracy = row.val_accuracy
-            if accuracy is not None and (
-                moved["best_val_accuracy"] is None
-                or accuracy > moved["best_val_accuracy"]
-            ):
-                moved["best_val_accuracy"] = accuracy
-        epochs = [
-            (row.epoch, metrics, row.duration)
-            for row, (_, metrics, _, _) in zip(rows, items, strict=True)
-        ]
-        created = [row.created for row in rows]
+        accuracy = row.val_accuracy
+        if accuracy is not None and (
+            moved["best_val_accuracy"] is None or accuracy > moved["best_val_accuracy"]
+        ):
+            moved["best_val_accuracy"] = accuracy
+        items = [(row.epoch, metrics, row.duration)]
         if connection.vendor == "postgresql":
             # One statement, so one round trip and no BEGIN/COMMIT of our own:
             # with 10 runs in one worker each round trip also waits for the GIL
             # (bench/NOTES.md).
             inserted = EpochMetric.objects.insert_epochs(
-                self.pk, epochs, created, session_update=moved
+                self.pk, items, row.created, session_update=moved
             )
+        elif not connection.in_atomic_block:
+            inserted = _record_epoch_sqlite(connection, row, moved)
         else:
             with transaction.atomic(savepoint=False):
-                inserted = EpochMetric.objects.insert_epochs(self.pk, epochs, created)
+                inserted = EpochMetric.objects.insert_epochs(
+                    self.pk, items, row.created
+                )
                 if inserted:
                     with connection.cursor() as cursor:
                         cursor.execute(*_session_update(connection, self.pk, moved))
-        if inserted:
-            for name, value in moved.items():
-                setattr(self, name, value)
-        if len(inserted) < len(rows):
-            # A retried save whose first attempt committed before the
-            # connection broke: an epoch is stored once, as first written.
-            stored = {
-                row.epoch: row
-                for row in EpochMetric.objects.filter(
-                    session=self, epoch__in=[r.epoch for r in rows]
-                )
-            }
-            rows = [row if row.epoch in inserted else stored[row.epoch] for row in rows]
-        return rows
+        if not inserted:
+            # A retried save whose first attempt committed before the connection
+            # broke: an epoch is stored once, as first written.
+            return EpochMetric.objects.get(session=self, epoch=row.epoch)
+        for name, value in moved.items():
+            setattr(self, name, value)
+        return row
 
     def record_epochs(
         self, rows: list[tuple[int, dict[str, Any], float | None]]
@@ -623,6 +631,86 @@ def _insert_from_json(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {epoch for (epoch,) in cursor.fetchall()}
+
+
+def _record_epoch_sqlite(
+    connection: Any, row: EpochMetric, moved: dict[str, Any]
+) -> bool:
+    """Insert one epoch's row and, if it was new, move its session's columns, in
+    one transaction on SQLite's own connection: a prepared INSERT and UPDATE
+    between BEGIN IMMEDIATE and COMMIT. Through Django's atomic() and cursors
+    this was ~0.5 ms of a worker's 5 ms epoch (bench/NOTES.md). Outside an
+    atomic block only: the transaction is this function's own."""
+    values = [
+        field.get_db_prep_save(getattr(row, field.attname), connection)
+        for field in _epoch_fields()
+    ]
+    update_sql, update_params = _session_update(connection, row.session_id, moved)
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        database = connection.connection
+        cursor = database.cursor()
+        try:
+            _begin_immediate(connection, cursor)
+            cursor.execute(_epoch_insert_sql(connection), values)
+            inserted = cursor.fetchone() is not None
+            if inserted:
+                cursor.execute(update_sql.replace("%s", "?"), update_params)
+            cursor.execute("COMMIT")
+        except BaseException:
+            if database.in_transaction:
+                database.rollback()
+            raise
+        finally:
+            cursor.close()
+    return inserted
+
+
+# How long the worker's epoch save sleeps between tries for SQLite's write lock.
+SQLITE_LOCK_RETRY_SECONDS = 0.001
+
+
+def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
+    """BEGIN IMMEDIATE (both statements write: take the write lock up front rather
+    than fail to upgrade a read lock midway), trying every millisecond while
+    another writer holds the lock, for up to the connection's busy timeout.
+
+    SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms between tries, so with ten
+    runs in one worker a save that lost a few times waited ~1 s (the 10-runs p99,
+    bench/NOTES.md). Only the BEGIN waits: once it holds the lock, nothing in
+    the transaction waits for another connection in WAL mode.
+    """
+    timeout = connection.settings_dict["OPTIONS"].get("timeout", 5)
+    deadline = time.monotonic() + timeout
+    cursor.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+            time.sleep(SQLITE_LOCK_RETRY_SECONDS)  # another writer's commit
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+
+
+@functools.cache
+def _epoch_fields() -> tuple[models.Field, ...]:
+    return tuple(f for f in EpochMetric._meta.concrete_fields if not f.primary_key)
+
+
+def _epoch_insert_sql(connection: Any) -> str:
+    quote = connection.ops.quote_name
+    fields = _epoch_fields()
+    return (
+        f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
+        f"({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES ({', '.join('?' * len(fields))}) "
+        'ON CONFLICT DO NOTHING RETURNING "epoch"'
+    )
 
 
 def _session_update(

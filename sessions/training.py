@@ -210,6 +210,17 @@ def load_csv(path: str, target_column: str) -> Dataset:
     return parse_csv(text, target_column)
 
 
+def import_libraries() -> None:
+    """Import the parts of scikit-learn that fit() uses, ahead of the first run."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import sklearn.neural_network  # noqa: F401
+    import sklearn.preprocessing  # noqa: F401
+
+
 def load_dataset(
     name: str,
     params: dict[str, Any],

@@ -149,3 +149,88 @@ def test_a_session_that_beats_is_not_lost(make_session):
     session.beat()
     assert not session.mark_lost(timedelta(seconds=30))
     assert session.status == Status.RUNNING
+
+
+def test_an_epoch_events_session_is_as_dict(make_session):
+    session = make_session(total_epochs=4)
+    session.mark_running("task-1")
+    assert session.as_progress_dict() == session.as_dict()
+    session.record_epoch(1, {"train_loss": 0.5, "val_accuracy": 0.8})
+    session.set_diagnostics([{"kind": "overfitting", "epoch": 1, "message": "m"}])
+    moved, full = session.as_progress_dict(), session.as_dict()
+    # The run's duration is read from the clock at each call.
+    assert moved.pop("durationSeconds") <= full.pop("durationSeconds")
+    assert moved == full
+    assert moved["currentEpoch"] == 1 and moved["bestValAccuracy"] == 0.8
+    session.mark_completed({"accuracy": 1.0})
+    assert session.as_progress_dict() == session.as_dict()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_epoch_save_outside_a_transaction(make_session):
+    # The worker's own path (no atomic block around it): SQLite's prepared
+    # INSERT + UPDATE in one transaction, PostgreSQL's one statement.
+    session = make_session(total_epochs=4)
+    session.mark_running("task-1")
+    moment = now() - timedelta(seconds=3)
+    row = session.record_epoch(2, {"val_accuracy": 0.5, "custom": 1}, 0.25, moment)
+    again = session.record_epoch(2, {"val_accuracy": 0.9}, 0.5)
+    assert (row.epoch, again.val_accuracy, again.duration) == (2, 0.5, 0.25)
+    stored = EpochMetric.objects.get(session=session)
+    assert stored.created == moment and stored.metrics["custom"] == 1
+    session.refresh_from_db()
+    assert (session.current_epoch, session.best_val_accuracy) == (2, 0.5)
+    assert session.heartbeat_at == moment
+    assert session.final_metrics["val_accuracy"] == 0.5
+
+
+def _hold_sqlite_write_lock(seconds):
+    """Another connection takes SQLite's write lock, commits after `seconds`."""
+    import sqlite3
+    import threading
+
+    from django.db import connection
+
+    other = sqlite3.connect(
+        connection.settings_dict["NAME"], isolation_level=None, check_same_thread=False
+    )
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(seconds, other.execute, ["COMMIT"])
+    release.start()
+    return release
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_epoch_save_waits_for_another_writer(make_session):
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write lock")
+    session = make_session()
+    release = _hold_sqlite_write_lock(0.3)
+    session.record_epoch(1, {"train_loss": 0.5})  # waits for the COMMIT
+    release.join()
+    assert EpochMetric.objects.filter(session=session).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_epoch_save_gives_up_after_the_busy_timeout(make_session):
+    from django.db import OperationalError, connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write lock")
+    session = make_session()
+    options = connection.settings_dict["OPTIONS"]
+    saved_timeout = options["timeout"]
+    options["timeout"] = 0.1
+    release = _hold_sqlite_write_lock(1.0)
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            session.record_epoch(1, {"train_loss": 0.5})
+    finally:
+        options["timeout"] = saved_timeout
+        release.join()
+    # Nothing was half written, and the connection works again.
+    assert not connection.connection.in_transaction
+    session.record_epoch(1, {"train_loss": 0.5})
+    assert EpochMetric.objects.filter(session=session).count() == 1
