@@ -63,12 +63,13 @@ def test_a_daphne_restart_mid_run_loses_no_epoch(own_stack, page, alice):
     assert page.text_content("#focus-epoch") == f"Epoch {EPOCHS}/{EPOCHS}"
     _assert_every_epoch_once(page)
     # While daphne is down the browser logs each refused connection by itself: the
-    # socket's retries, and the page's fetches when a retry reached the old daphne
-    # as it shut down. The page catches those; anything else is a defect.
+    # socket's retries, the page's fetches when a retry reached the old daphne as it
+    # shut down, and any request (Chromium re-asks for the favicon when it likes) that
+    # was in flight when daphne stopped and so was reset. The page catches those;
+    # anything else is a defect.
+    outage_errors = ("WebSocket", "ERR_CONNECTION_REFUSED", "ERR_CONNECTION_RESET")
     problems = [
-        p
-        for p in page.console_problems
-        if "WebSocket" not in p and "ERR_CONNECTION_REFUSED" not in p
+        p for p in page.console_problems if not any(e in p for e in outage_errors)
     ]
     assert problems == []
 
