@@ -7,6 +7,8 @@ warning stays visible (with the epoch it was first seen) after the curve moves o
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
@@ -62,10 +64,14 @@ def diagnose(
     train_loss: Sequence[float], val_loss: Sequence[float]
 ) -> list[Diagnostic]:
     """The conditions that hold after the last epoch of these loss curves."""
-    epoch = len(val_loss)
-    found: list[Diagnostic] = []
-    if is_overfitting(train_loss, val_loss):
-        found.append(
+    return _found(
+        len(val_loss), is_overfitting(train_loss, val_loss), is_plateau(val_loss)
+    )
+
+
+def _found(epoch: int, overfitting: bool, plateau: bool) -> list[Diagnostic]:
+    if overfitting:
+        return [
             Diagnostic(
                 kind="overfitting",
                 epoch=epoch,
@@ -75,9 +81,9 @@ def diagnose(
                     "Consider stopping, more regularization or more data."
                 ),
             )
-        )
-    elif is_plateau(val_loss):
-        found.append(
+        ]
+    if plateau:
+        return [
             Diagnostic(
                 kind="plateau",
                 epoch=epoch,
@@ -87,8 +93,42 @@ def diagnose(
                     "or model."
                 ),
             )
+        ]
+    return []
+
+
+class LossWatch:
+    """diagnose() for curves that grow one epoch at a time, at the same small cost
+    every epoch: diagnose() reads the whole curve, so a trainer calling it after
+    every epoch spent O(epochs) on it each time (~1 ms an epoch by epoch 20,000).
+    It keeps only the tails the checks read, the best validation loss before the
+    plateau window, and whether every validation loss so far was finite."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+        self.train: deque[float] = deque(maxlen=OVERFIT_PATIENCE + 1)
+        self.val: deque[float] = deque(maxlen=OVERFIT_PATIENCE + 1)
+        self.recent: deque[float] = deque(maxlen=PLATEAU_WINDOW)
+        self.best_before = math.inf
+        self.all_finite = True
+
+    def add(self, train_loss: float, val_loss: float) -> list[Diagnostic]:
+        """Take one more epoch's losses; return diagnose() of the curves so far."""
+        self.epochs += 1
+        self.train.append(train_loss)
+        self.val.append(val_loss)
+        if len(self.recent) == PLATEAU_WINDOW and self.all_finite:
+            self.best_before = min(self.best_before, self.recent[0])
+        self.recent.append(val_loss)
+        self.all_finite = self.all_finite and _finite([val_loss])
+        plateau = (
+            self.epochs >= PLATEAU_WINDOW + 1
+            and self.all_finite
+            and is_plateau([self.best_before, *self.recent])
         )
-    return found
+        return _found(
+            self.epochs, is_overfitting(list(self.train), list(self.val)), plateau
+        )
 
 
 def merge(

@@ -13,7 +13,14 @@ from pathlib import PurePath
 from typing import Any
 
 from django.conf import settings
-from django.db import NotSupportedError, connection, connections, models, transaction
+from django.db import (
+    DEFAULT_DB_ALIAS,
+    NotSupportedError,
+    connection,
+    connections,
+    models,
+    transaction,
+)
 from django.urls import reverse
 from django.utils.timezone import now
 
@@ -382,6 +389,8 @@ class TrainingSession(models.Model):
         ):
             moved["best_val_accuracy"] = accuracy
         items = [(row.epoch, metrics, row.duration)]
+        # The connection itself, not the proxy that looks it up at every use.
+        connection = connections[DEFAULT_DB_ALIAS]
         if connection.vendor == "postgresql":
             # One statement, so one round trip and no BEGIN/COMMIT of our own:
             # with 10 runs in one worker each round trip also waits for the GIL
@@ -641,10 +650,7 @@ def _record_epoch_sqlite(
     between BEGIN IMMEDIATE and COMMIT. Through Django's atomic() and cursors
     this was ~0.5 ms of a worker's 5 ms epoch (bench/NOTES.md). Outside an
     atomic block only: the transaction is this function's own."""
-    values = [
-        field.get_db_prep_save(getattr(row, field.attname), connection)
-        for field in _epoch_fields()
-    ]
+    values = [prep(getattr(row, name), connection) for name, prep in _epoch_preps()]
     update_sql, update_params = _session_update(connection, row.session_id, moved)
     connection.ensure_connection()
     with connection.wrap_database_errors:
@@ -652,7 +658,7 @@ def _record_epoch_sqlite(
         cursor = database.cursor()
         try:
             _begin_immediate(connection, cursor)
-            cursor.execute(_epoch_insert_sql(connection), values)
+            cursor.execute(_sqlite_epoch_insert_sql(), values)
             inserted = cursor.fetchone() is not None
             if inserted:
                 cursor.execute(update_sql.replace("%s", "?"), update_params)
@@ -698,19 +704,61 @@ def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
 
 
 @functools.cache
+def _epoch_attnames() -> tuple[str, ...]:
+    return tuple(field.attname for field in EpochMetric._meta.concrete_fields)
+
+
+@functools.cache
 def _epoch_fields() -> tuple[models.Field, ...]:
     return tuple(f for f in EpochMetric._meta.concrete_fields if not f.primary_key)
 
 
-def _epoch_insert_sql(connection: Any) -> str:
-    quote = connection.ops.quote_name
+def _int_or_none(value: Any, connection: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float_or_none(value: Any, connection: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _prep(field: models.Field) -> Any:
+    """How a value of this field goes to the driver, as (value, connection) ->
+    value: numbers as the ORM makes them (int(), float()), the rest (JSON, dates)
+    through the field itself. The field's get_db_prep_save for every column was
+    half of the worker's epoch save (bench/NOTES.md)."""
+    if isinstance(field, models.FloatField):
+        return _float_or_none
+    if isinstance(field, models.IntegerField | models.ForeignKey):
+        return _int_or_none
+    return field.get_db_prep_save
+
+
+@functools.cache
+def _epoch_preps() -> tuple[tuple[str, Any], ...]:
+    return tuple((field.attname, _prep(field)) for field in _epoch_fields())
+
+
+@functools.cache
+def _sqlite_epoch_insert_sql() -> str:
+    """The INSERT of one epoch, with the SQLite driver's "?" placeholders."""
     fields = _epoch_fields()
+    columns = ", ".join(f'"{field.column}"' for field in fields)
     return (
-        f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
-        f"({', '.join(quote(field.column) for field in fields)}) "
+        f'INSERT INTO "{EpochMetric._meta.db_table}" ({columns}) '
         f"VALUES ({', '.join('?' * len(fields))}) "
         'ON CONFLICT DO NOTHING RETURNING "epoch"'
     )
+
+
+@functools.cache
+def _session_update_parts(
+    names: tuple[str, ...],
+) -> tuple[str, tuple[Any, ...]]:
+    # Double quotes are both SQLite's and PostgreSQL's quoting of names.
+    fields = [TrainingSession._meta.get_field(name) for name in names]
+    sets = ", ".join(f'"{field.column}" = %s' for field in fields)
+    sql = f'UPDATE "{TrainingSession._meta.db_table}" SET {sets} WHERE "id" = %s'
+    return sql, tuple(_prep(field) for field in fields)
 
 
 def _session_update(
@@ -718,17 +766,11 @@ def _session_update(
 ) -> tuple[str, list[Any]]:
     """UPDATE of some columns of one session, as raw SQL: the worker runs it every
     epoch, and the ORM's update() took most of an epoch save's CPU time."""
-    quote = connection.ops.quote_name
-    fields = [TrainingSession._meta.get_field(name) for name in columns]
-    sets = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    sql, preps = _session_update_parts(tuple(columns))
     values = [
-        field.get_db_prep_save(value, connection)
-        for field, value in zip(fields, columns.values(), strict=True)
+        prep(value, connection)
+        for prep, value in zip(preps, columns.values(), strict=True)
     ]
-    sql = (
-        f"UPDATE {quote(TrainingSession._meta.db_table)} SET {sets} "
-        f"WHERE {quote('id')} = %s"
-    )
     return sql, [*values, session_id]
 
 
@@ -820,14 +862,19 @@ class EpochMetric(models.Model):
     ) -> EpochMetric:
         """An instance of a row as record_epochs stores it: standard metrics in
         their columns, the rest in extra."""
+        given = {
+            "id": None,
+            "session_id": session_id,
+            "epoch": epoch,
+            "duration": duration,
+            "extra": {k: v for k, v in metrics.items() if k not in _STANDARD_SET},
+            "created": created,
+        }
         get = metrics.get
+        # Positional, in column order: Model.__init__'s keyword path took twice as
+        # long, and the worker makes one of these every epoch.
         return cls(
-            session_id=session_id,
-            epoch=epoch,
-            duration=duration,
-            extra={k: v for k, v in metrics.items() if k not in _STANDARD_SET},
-            created=created,
-            **{name: get(name) for name in STANDARD_METRICS},
+            *(given[name] if name in given else get(name) for name in _epoch_attnames())
         )
 
     @property
@@ -915,6 +962,38 @@ class TrainingEventQuerySet(models.QuerySet):
 
     def prune(self, older_than: timedelta) -> int:
         return self.filter(created__lt=now() - older_than).delete()[0]
+
+    def append(self, rows: Sequence[tuple[int, int, str, str]]) -> list[int]:
+        """Store events given as (session id, owner id, type, JSON text) in one
+        INSERT per 500, in order; return their ids.
+
+        The worker stores an event for every epoch, and the ORM's bulk_create
+        (instances, and a second json.dumps of a text already made for the push)
+        was ~90 us of each on the event writer's thread, which competes with the
+        training thread for the GIL (bench/NOTES.md).
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        meta = TrainingEvent._meta
+        columns = ("session_id", "owner_id", "type", "data", "created")
+        data = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+        one_row = f"(%s, %s, %s, {data}, %s)"
+        created = meta.get_field("created").get_db_prep_save(now(), connection)
+        head = (
+            f"INSERT INTO {quote(meta.db_table)} "
+            f"({', '.join(quote(name) for name in columns)}) VALUES "
+        )
+        returning = f" RETURNING {quote('id')}"
+        ids: list[int] = []
+        with connection.cursor() as cursor:
+            for start in range(0, len(rows), 500):
+                chunk = rows[start : start + 500]
+                cursor.execute(
+                    head + ", ".join([one_row] * len(chunk)) + returning,
+                    [value for row in chunk for value in (*row, created)],
+                )
+                ids.extend(pk for (pk,) in cursor.fetchall())
+        return ids
 
 
 class TrainingEvent(models.Model):

@@ -175,14 +175,11 @@ def run_training(self: Any, session_id: int) -> str:
     heartbeat = _Heartbeat(session)
     heartbeat.start()
 
-    train_losses: list[float] = []
-    val_losses: list[float] = []
+    losses = diagnostics.LossWatch()
 
     def on_epoch(result: training.EpochResult) -> None:
-        train_losses.append(result.metrics["train_loss"])
-        val_losses.append(result.metrics["val_loss"])
         # The session keeps every warning seen; the event also says which hold now.
-        current = diagnostics.diagnose(train_losses, val_losses)
+        current = losses.add(result.metrics["train_loss"], result.metrics["val_loss"])
         flagged = diagnostics.merge(session.diagnostics, current)
         if flagged != session.diagnostics:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")

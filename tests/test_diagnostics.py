@@ -1,5 +1,7 @@
 """The loss-curve diagnostics on their own: no Django, no training."""
 
+import random
+
 from sessions import diagnostics
 
 
@@ -44,3 +46,16 @@ def test_merge_keeps_the_first_sighting_of_each_kind():
     later = diagnostics.diagnose([1.0, 0.8, 0.6, 0.4, 0.3], [1.0, 1.1, 1.2, 1.3, 1.4])
     merged = diagnostics.merge(first, later)
     assert merged == first and merged[0]["epoch"] == 4
+
+
+def test_loss_watch_says_what_diagnose_says_after_every_epoch():
+    rng = random.Random(8)
+    odd = [float("nan"), float("inf")]
+    for _ in range(200):
+        watch = diagnostics.LossWatch()
+        train, val = [], []
+        for _ in range(rng.randint(0, 30)):
+            # Few distinct values, so ties, rises and plateaus all happen.
+            train.append(rng.choice([1.0, 0.9, 0.8, 0.7, 0.5, float("inf")]))
+            val.append(rng.choice([1.2, 1.0, 0.9, 0.8, 0.6, 0.5] * 20 + odd))
+            assert watch.add(train[-1], val[-1]) == diagnostics.diagnose(train, val)
