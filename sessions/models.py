@@ -659,7 +659,10 @@ def _record_epoch_sqlite(
         try:
             _begin_immediate(connection, cursor)
             cursor.execute(_sqlite_epoch_insert_sql(), values)
-            inserted = cursor.fetchone() is not None
+            # Its row count, not RETURNING: fetching the returned row is one more
+            # step with the GIL let go and taken back while the write lock is
+            # held, and with 10 runs in a worker each retaking waits its turn.
+            inserted = cursor.rowcount == 1
             if inserted:
                 cursor.execute(update_sql.replace("%s", "?"), update_params)
             cursor.execute("COMMIT")
@@ -745,8 +748,7 @@ def _sqlite_epoch_insert_sql() -> str:
     columns = ", ".join(f'"{field.column}"' for field in fields)
     return (
         f'INSERT INTO "{EpochMetric._meta.db_table}" ({columns}) '
-        f"VALUES ({', '.join('?' * len(fields))}) "
-        'ON CONFLICT DO NOTHING RETURNING "epoch"'
+        f"VALUES ({', '.join('?' * len(fields))}) ON CONFLICT DO NOTHING"
     )
 
 
