@@ -27,12 +27,17 @@ import numpy as np
 import orjson
 from django.core.cache import cache
 from django.core.exceptions import EmptyResultSet
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Count, Max, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from sessions.downsample import kept_indices
-from sessions.models import STANDARD_METRICS, EpochMetric, TrainingSession
+from sessions.models import (
+    STANDARD_METRICS,
+    EpochMetric,
+    StoredChart,
+    TrainingSession,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +194,8 @@ def chart_json(
     (how many, and the last): a long run's chart is read and thinned once, not on
     every page that opens it. Epochs are never changed once stored, and a
     session that starts again changes status, so the key says what it holds.
+    The whole run's answer is also stored in the database (StoredChart), so the
+    first read after Redis was emptied reads one row, not every epoch.
     """
     rows = EpochMetric.objects.filter(session=session)
     key = None
@@ -206,6 +213,16 @@ def chart_json(
             text, key = None, None
         if text is not None:
             return text
+    whole_run = key is not None and last is None and (first or 0) <= 1
+    if whole_run:
+        text = (
+            StoredChart.objects.filter(session=session, key=key)
+            .values_list("text", flat=True)
+            .first()
+        )
+        if text is not None:
+            _cache_set(key, text)
+            return text
     chart = chart_rows(rows, first, last, max_points)
     text = _dumps(
         {
@@ -218,11 +235,30 @@ def chart_json(
         }
     )
     if key is not None and chart["downsampled"]:
-        try:
-            cache.set(key, text, CHART_CACHE_SECONDS)
-        except Exception:
-            logger.warning("chart cache unavailable", exc_info=True)
+        _cache_set(key, text)
+        if whole_run:
+            _store_chart(session, key, text)
     return text
+
+
+def _cache_set(key: str, text: str) -> None:
+    try:
+        cache.set(key, text, CHART_CACHE_SECONDS)
+    except Exception:
+        logger.warning("chart cache unavailable", exc_info=True)
+
+
+def _store_chart(session: TrainingSession, key: str, text: str) -> None:
+    """Keep a finished session's chart answer in the database (see chart_json).
+    A failure costs only the next reader a full read: two readers storing at
+    once, the session deleted meanwhile, or a SQLite database busy too long."""
+    try:
+        with transaction.atomic():
+            StoredChart.objects.update_or_create(
+                session=session, defaults={"key": key, "text": text}
+            )
+    except DatabaseError:
+        logger.warning("could not store the chart", exc_info=True)
 
 
 def _dumps(value: Any) -> str:
