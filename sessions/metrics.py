@@ -597,6 +597,12 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
     writer.writerow(["epoch", *STANDARD_METRICS, *extra_names, "duration", "time"])
     yield buffer.getvalue()
     rows: list[Any] = history.rows
+    if not extra_names:
+        with _collector_paused():
+            lines = _csv_lines(rows)
+        for piece in _pieces(lines):
+            yield "\r\n".join(piece) + "\r\n"
+        return
     if extra_names:
         rows = [
             (
@@ -616,6 +622,35 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
         # csv writes None as an empty cell and a float as repr() does.
         writer.writerows(piece)
         yield buffer.getvalue()
+
+
+def _csv_lines(rows: list[tuple]) -> list[str]:
+    """The lines (without ends) csv.writer writes for rows of numbers, None and
+    ISO times: a float written by orjson (~50 ns) instead of repr() (~1 us, most
+    of an export's time).
+
+    The two write a float alike from 1e-4 up to 1e16 (checked on millions of
+    values; orjson writes 1e-05 as 0.00001 and 1e-06 as 1e-6); anything else,
+    and None, NaN and infinities (which orjson writes as null), is written as
+    csv does.
+    """
+    if not rows:
+        return []
+    columns = list(zip(*rows, strict=True))
+    cells = [orjson.dumps(columns[0]).decode()[1:-1].split(",")]
+    for column in columns[1:_TIME]:
+        texts = orjson.dumps(column).decode()[1:-1].split(",")
+        values = np.array(column, dtype=np.float64)  # None as NaN
+        with np.errstate(invalid="ignore"):
+            size = np.abs(values)
+            odd = ~((size >= 1e-4) & (size < 1e16)) & (values != 0)
+        for index in np.flatnonzero(odd).tolist():
+            value = column[index]
+            texts[index] = "" if value is None else repr(value)
+        cells.append(texts)
+    times = columns[_TIME]
+    cells.append(times if None not in times else [t or "" for t in times])
+    return list(map(",".join, zip(*cells, strict=True)))
 
 
 def json_chunks(session: TrainingSession) -> Iterator[str]:
