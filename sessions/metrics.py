@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 from django.core.cache import cache
 from django.core.exceptions import EmptyResultSet
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, connections
 from django.db.models import Count, Max, QuerySet
 
 from sessions.downsample import kept_indices
@@ -334,14 +334,17 @@ def _cache_set(key: str, text: str) -> None:
 
 
 def _store_chart(session: TrainingSession, key: str, text: str) -> None:
-    """Keep a finished session's chart answer in the database (see chart_json).
-    A failure costs only the next reader a full read: two readers storing at
-    once, the session deleted meanwhile, or a SQLite database busy too long."""
+    """Keep a finished session's chart answer in the database (see chart_json),
+    in one statement that also settles two readers storing at once. A failure
+    (the session deleted meanwhile, SQLite busy too long) costs only the next
+    reader a full read."""
     try:
-        with transaction.atomic():
-            StoredChart.objects.update_or_create(
-                session=session, defaults={"key": key, "text": text}
-            )
+        StoredChart.objects.bulk_create(
+            [StoredChart(session=session, key=key, text=text)],
+            update_conflicts=True,
+            unique_fields=["session"],
+            update_fields=["key", "text"],
+        )
     except DatabaseError:
         logger.warning("could not store the chart", exc_info=True)
 
@@ -603,19 +606,18 @@ def csv_lines(session: TrainingSession) -> Iterator[str]:
         for piece in _pieces(lines):
             yield "\r\n".join(piece) + "\r\n"
         return
-    if extra_names:
-        rows = [
-            (
-                *row[:_DURATION],
-                *(
-                    [extras[index].get(name) for name in extra_names]
-                    if index in extras
-                    else [None] * len(extra_names)
-                ),
-                *row[_DURATION:],
-            )
-            for index, row in enumerate(rows)
-        ]
+    rows = [
+        (
+            *row[:_DURATION],
+            *(
+                [extras[index].get(name) for name in extra_names]
+                if index in extras
+                else [None] * len(extra_names)
+            ),
+            *row[_DURATION:],
+        )
+        for index, row in enumerate(rows)
+    ]
     for piece in _pieces(rows):
         buffer.seek(0)
         buffer.truncate()
