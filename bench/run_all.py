@@ -244,6 +244,18 @@ def comparisons(figures: list[Figure]) -> list[dict[str, Any]]:
             "< 0.5x, downsampled",
             (ratio < 0.5 and thinned) if ratio else None,
         )
+        # Not the figure: the cost a finished run's stored chart saves.
+        unread = find(figures, "reading", "(nothing cached or stored)", db)
+        ratio = unread.median / peer.median if unread and peer else None
+        add(
+            f"first read of a run nobody has read since it finished vs MLflow "
+            f"320-point sample [{db}] (ours / theirs)",
+            unread,
+            peer,
+            ratio,
+            "(for information)",
+            None,
+        )
         candidates = [
             f
             for f in (

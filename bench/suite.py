@@ -552,6 +552,11 @@ def bench_reading(
 ) -> None:
     from django.core.cache import cache
 
+    try:
+        # A finished run's chart answer, stored at its first read (since 0006).
+        from sessions.models import StoredChart as stored_chart
+    except ImportError:
+        stored_chart = None
     user, token = bench_user()
     epochs = 2000 if quick else 20_000
     began = time.perf_counter()
@@ -576,8 +581,16 @@ def bench_reading(
             continue
         if status != 200:
             raise RuntimeError(f"GET {path} answered {status}: {payload[:300]!r}")
-        times, first_reads = [], []
+        times, first_reads, unread = [], [], []
         for _ in range(repeat):
+            if kind == "chart" and stored_chart is not None:
+                # The read of a run nobody has read since it finished: nothing
+                # cached in Redis, nothing stored in the database.
+                stored_chart.objects.all().delete()
+                cache.clear()
+                began = time.perf_counter()
+                client.request("GET", path)
+                unread.append((time.perf_counter() - began) * 1000)
             if kind == "chart":
                 # A finished run's thinned chart is cached after its first read:
                 # measure that first read too, with the cache emptied.
@@ -610,6 +623,19 @@ def bench_reading(
                     "the chart's request right after the cache was emptied",
                 )
             )
+            if unread:
+                results.add(
+                    Figure(
+                        "reading",
+                        f"first read of the chart data of a {epochs:,}-epoch run "
+                        "(nothing cached or stored)",
+                        "ms",
+                        unread,
+                        services.label,
+                        "the chart's request with the cache emptied and the stored"
+                        " chart deleted: a run nobody has read since it finished",
+                    )
+                )
         elif kind == "json":
             name = f"full history JSON, {epochs:,} epochs x 8 metrics"
             note = size

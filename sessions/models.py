@@ -1034,3 +1034,24 @@ class TrainingEvent(models.Model):
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat() if moment else None
+
+
+class StoredChart(models.Model):
+    """A finished session's thinned chart, as the training-metrics API answers it.
+
+    Reading and thinning every epoch of a long run costs more than reading this
+    one row (SQLite ~50 ms against ~2 for 20,000 epochs), and Redis, where the
+    answer is cached too, loses it on a restart or a flush. `key` says what the
+    answer was made from (metrics.chart_json's cache key: status, epoch count and
+    last epoch): a row whose key no longer matches, e.g. after an external run
+    logged more epochs, is never read, and is replaced at the next read.
+    """
+
+    session = models.OneToOneField(
+        TrainingSession, models.CASCADE, primary_key=True, related_name="+"
+    )
+    key = models.CharField(max_length=200)
+    text = models.TextField()
+
+    def __str__(self) -> str:
+        return f"stored chart of session {self.session_id}"

@@ -154,8 +154,47 @@ def test_a_finished_sessions_thinned_chart_is_cached_until_it_holds_more(
     assert fresh["epochs"][-1]["epoch"] == 301
 
 
+def test_a_finished_sessions_chart_is_stored_for_reads_after_the_cache_is_emptied(
+    alice_client, make_session
+):
+    from django.core.cache import cache
+
+    from sessions.models import EpochMetric, StoredChart
+
+    session = make_session(total_epochs=300, status="failed")
+    _bulk_epochs(session, 300)
+    url = f"/api/ml/training-metrics/{session.pk}?maxPoints=20"
+    first = alice_client.get(url).json()
+    # As above: an epoch changed behind the app's back, Redis emptied (a restart),
+    # and the answer is still the first one, so it came from the database.
+    EpochMetric.objects.filter(session=session, epoch=1).update(train_loss=99.0)
+    cache.clear()
+    assert alice_client.get(url).json() == first
+    assert StoredChart.objects.filter(session=session).count() == 1
+    # More epochs (the external run spoke again): the stored answer is not used,
+    # and the new one replaces it.
+    EpochMetric.objects.create(session=session, epoch=301, train_loss=0.001)
+    cache.clear()
+    fresh = alice_client.get(url).json()
+    assert fresh["count"] == 301
+    cache.clear()
+    assert alice_client.get(url).json() == fresh
+    assert StoredChart.objects.filter(session=session).count() == 1
+
+
+def test_a_zoomed_chart_is_not_stored(alice_client, make_session):
+    from sessions.models import StoredChart
+
+    session = make_session(total_epochs=300, status="completed")
+    _bulk_epochs(session, 300)
+    alice_client.get(
+        f"/api/ml/training-metrics/{session.pk}?maxPoints=20&from=10&to=200"
+    )
+    assert not StoredChart.objects.exists()
+
+
 def test_a_running_sessions_chart_is_never_cached(alice_client, make_session):
-    from sessions.models import EpochMetric
+    from sessions.models import EpochMetric, StoredChart
 
     session = make_session(total_epochs=300, status="running")
     _bulk_epochs(session, 300)
@@ -166,6 +205,7 @@ def test_a_running_sessions_chart_is_never_cached(alice_client, make_session):
     assert [e for e in body["epochs"] if e["epoch"] == 1][0]["metrics"][
         "train_loss"
     ] == 99.0
+    assert not StoredChart.objects.exists()
 
 
 def test_a_cursor_beyond_any_epoch_answers_no_epochs(alice_client, trained):
