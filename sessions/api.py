@@ -25,7 +25,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
-from sessions import catalog, events, metrics, openapi
+from sessions import catalog, events, metrics, openapi, tasks
 from sessions.auth import bearer_token, user_for_token
 from sessions.forms import StartTrainingForm
 from sessions.models import TrainingEvent, TrainingSession
@@ -585,6 +585,8 @@ def finish_run(request: HttpRequest, session_id: int) -> JsonResponse:
     else:
         session.mark_completed({})
     events.push_status(session)
+    if session.current_epoch > metrics.CHART_MAX_POINTS:
+        tasks.store_chart.delay_on_commit(session.pk)
     return _run_response(session)
 
 

@@ -215,7 +215,32 @@ def run_training(self: Any, session_id: int) -> str:
         heartbeat.done.set()
         heartbeat.join()
     events.push_status(session)
+    # After the final status, so neither the run's time nor its viewers wait.
+    store_chart_if_long(session)
     return f"session {session_id} {session.status} after {session.current_epoch} epochs"
+
+
+def store_chart_if_long(session: TrainingSession) -> None:
+    """Thin a finished run's chart now if it is long enough to be thinned, so its
+    first reader gets a stored answer instead of reading every epoch (~60 ms for
+    20,000 on SQLite, bench/NOTES.md). Runs in the worker; a failure only leaves
+    the work to the first reader."""
+    from sessions import metrics
+
+    if session.current_epoch <= metrics.CHART_MAX_POINTS or session.is_active:
+        return
+    try:
+        metrics.chart_json(session, max_points=metrics.CHART_MAX_POINTS)
+    except Exception:
+        logger.warning("could not store the chart of %s", session.pk, exc_info=True)
+
+
+@shared_task
+def store_chart(session_id: int) -> None:
+    """store_chart_if_long for a run logged through the API, once it finishes."""
+    session = TrainingSession.objects.filter(pk=session_id).first()
+    if session is not None:
+        store_chart_if_long(session)
 
 
 def fail_lost_sessions() -> list[TrainingSession]:

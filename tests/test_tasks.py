@@ -1,6 +1,7 @@
 """run_training in-process, on the real database and the real Redis."""
 
 import io
+import json
 from datetime import timedelta
 
 import pytest
@@ -121,3 +122,29 @@ def call_command_output():
     out = io.StringIO()
     call_command("fail_lost_sessions", stdout=out)
     return out.getvalue()
+
+
+def test_a_long_run_s_chart_is_stored_when_it_finishes(alice):
+    from django.core.cache import cache
+
+    from sessions import metrics, tasks
+    from sessions.models import StoredChart
+
+    run = TrainingSession.objects.start_external(alice, "long", {}, 1500, "custom")
+    run.record_epochs(
+        [(e, {"train_loss": 1 / e, "val_loss": 2 / e}, None) for e in range(1, 1501)]
+    )
+    run.mark_completed({})
+    short = TrainingSession.objects.start_external(alice, "short", {}, 10, "custom")
+    short.record_epochs([(e, {"train_loss": 1 / e}, None) for e in range(1, 11)])
+    short.mark_completed({})
+
+    tasks.store_chart(run.pk)
+    tasks.store_chart(short.pk)
+
+    stored = StoredChart.objects.get(session=run)
+    cache.clear()
+    assert metrics.chart_json(run, max_points=metrics.CHART_MAX_POINTS) == stored.text
+    assert len(json.loads(stored.text)["epochs"]) <= metrics.CHART_MAX_POINTS
+    # A short run is never thinned, so there is nothing worth storing.
+    assert not StoredChart.objects.filter(session=short).exists()

@@ -179,3 +179,22 @@ def test_it_keeps_points_logged_before_the_server_ever_answered(alice, tmp_path)
     assert logged_epochs(run.session_id) == list(range(1, 51))
     body = json.dumps(TrainingSession.objects.get(pk=run.session_id).as_dict())
     assert '"status": "completed"' in body
+
+
+def test_a_long_logged_run_s_chart_is_stored_by_the_worker_when_it_ends(
+    live_stack, alice
+):
+    from sessions.models import StoredChart
+
+    _, token = ApiToken.issue(alice)
+    with Run(live_stack.url, token, name="long") as run:
+        for step in range(1, 1201):
+            run.log(step, train_loss=1.0 / step)
+    session = TrainingSession.objects.get(owner=alice, name="long")
+    assert session.status == "completed"
+    wait_for(
+        lambda: StoredChart.objects.filter(session=session).exists(),
+        "the worker to store the finished run's chart",
+    )
+    chart = json.loads(StoredChart.objects.get(session=session).text)
+    assert chart["count"] == 1200 and len(chart["epochs"]) <= 1000
