@@ -427,7 +427,11 @@ class TrainingSession(models.Model):
         with transaction.atomic(savepoint=False):
             # Read the whole row under the lock: it is this instance's new state
             # once the changes below are applied, with no reload after.
-            locked = TrainingSession.objects.select_for_update().get(pk=self.pk)
+            # NO KEY UPDATE: the lock an UPDATE of non-key columns takes, which
+            # does not hold up inserts that only need the row to exist.
+            locked = TrainingSession.objects.select_for_update(no_key=True).get(
+                pk=self.pk
+            )
             inserted = EpochMetric.objects.insert_epochs(
                 self.pk, [(e, *wanted[e]) for e in sorted(wanted)], moment
             )
