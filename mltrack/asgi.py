@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -118,3 +119,10 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Django, Channels and daphne's Twisted, loaded by now, are ~120,000 objects held
+# for life; each full collection walked them all, ~50-160 ms on this machine, one
+# every 60-70 log batches of 1,000 epochs (whose live rows get promoted while
+# a batch is parsed). Leave them out of every collection, as the worker does
+# (mltrack/celery.py): full collections then took ~8 ms (bench/NOTES.md).
+gc.freeze()
