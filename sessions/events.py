@@ -152,6 +152,8 @@ def push_epochs(
     of epochs it cannot read yet.
     """
     batch = _epochs_events(session, rows, stats)
+    if not batch:  # a retried batch: nothing new to store, lock or push
+        return
     if not connection.in_atomic_block:
         for event in batch:
             _send(session, event)
