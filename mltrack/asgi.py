@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,7 +10,6 @@ import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
-from django.core.signals import request_finished
 from django.db import close_old_connections, connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
@@ -21,7 +20,9 @@ REQUEST_THREAD = "web-request"
 class SyncViewsASGIHandler(ASGIHandler):
     """Django's ASGI handler, running each request's middleware and view in one
     step on one of a fixed set of threads, each of which keeps its database
-    connection from one request to the next.
+    connection from one request to the next. The request's other synchronous
+    work (the request_started and request_finished signals, closing the
+    response) runs on that same thread.
 
     Every view here is synchronous. Django's own handler runs the middleware
     asynchronously and hops to the request's thread and back for each middleware
@@ -35,12 +36,21 @@ class SyncViewsASGIHandler(ASGIHandler):
     so nothing can be lost when daphne cancels a request whose client has gone:
     with a pool of connections instead, such a request never gave its connection
     back (tests/integration/test_connection_pool.py; bench/NOTES.md).
+
+    Django's handler also started a thread of its own for each request (its
+    ThreadSensitiveContext), for the signals and the response's close(), and a
+    second one to join it: each request takes one of the fixed threads instead
+    (asgiref 3.13's ThreadSensitiveContext(executor=...)).
     """
 
     def __init__(self) -> None:
-        self.threads = ThreadPoolExecutor(
-            settings.WEB_THREADS, thread_name_prefix=REQUEST_THREAD
-        )
+        # One single-thread executor per request thread: ThreadSensitiveContext
+        # needs one that runs one call at a time. A request waits for a free one.
+        self.idle: asyncio.Queue[ThreadPoolExecutor] = asyncio.Queue()
+        for _ in range(settings.WEB_THREADS):
+            self.idle.put_nowait(
+                ThreadPoolExecutor(1, thread_name_prefix=REQUEST_THREAD)
+            )
         super().__init__()
 
     def load_middleware(self, is_async: bool = False) -> None:
@@ -48,40 +58,38 @@ class SyncViewsASGIHandler(ASGIHandler):
         chain = self._middleware_chain
 
         def respond(request: Any) -> Any:
-            # What request_started and request_finished do for WSGI servers,
-            # on the thread whose connection it is.
+            # What request_started and request_finished do, again here: a
+            # cancelled request never sends request_finished, and a pooled
+            # connection (DB_POOL) must go back however the request ends.
             close_old_connections()
             try:
                 return chain(request)
             finally:
                 close_old_connections()
 
-        self._middleware_chain = sync_to_async(
-            respond, thread_sensitive=False, executor=self.threads
-        )
+        # On the request's thread (its ThreadSensitiveContext's executor).
+        self._middleware_chain = sync_to_async(respond, thread_sensitive=True)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle HTTP, not {scope['type']}")
-        async with ThreadSensitiveContext():
-            try:
-                await self.handle(scope, receive, send)
-            except BaseException:
-                # Cancelled or failed after the view: request_finished may not
-                # have run on the thread of this request's context, where a
-                # streaming response's iterator may have opened a connection.
-                # Close it before the context ends that thread; shielded, as
-                # daphne cancels again while this waits.
-                await asyncio.shield(sync_to_async(connections.close_all)())
-                raise
-
-
-def _close_short_lived(**kwargs: Any) -> None:
-    # request_finished runs on the thread of the request's context (Django's
-    # ThreadSensitiveContext), which ends with the request: a connection a
-    # streaming response's iterator opened there must not be kept.
-    if not threading.current_thread().name.startswith(REQUEST_THREAD):
-        connections.close_all()
+        executor = await self.idle.get()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                try:
+                    await self.handle(scope, receive, send)
+                except BaseException:
+                    # Cancelled or failed after the view: request_finished may
+                    # not have run, and a streaming response's iterator may have
+                    # opened a connection (a pooled one would be lost). Close
+                    # the thread's connections; shielded, as daphne cancels
+                    # again while this waits.
+                    await asyncio.shield(sync_to_async(connections.close_all)())
+                    raise
+        finally:
+            # Still busy if the request was cancelled while its view runs: the
+            # next request on this thread waits behind it.
+            self.idle.put_nowait(executor)
 
 
 # The web process keeps its connections (see SyncViewsASGIHandler); only for the
@@ -95,8 +103,6 @@ try:
 finally:
     if keep_by_default:
         del os.environ["DB_CONN_MAX_AGE"]
-# Only for requests this handler serves, not a test client's in the same process.
-request_finished.connect(_close_short_lived, sender=SyncViewsASGIHandler)
 django_asgi_app = SyncViewsASGIHandler()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
@@ -113,3 +119,10 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Django, Channels and daphne's Twisted, loaded by now, are ~120,000 objects held
+# for life; each full collection walked them all, ~50-160 ms on this machine, one
+# every 60-70 log batches of 1,000 epochs (whose live rows get promoted while
+# a batch is parsed). Leave them out of every collection, as the worker does
+# (mltrack/celery.py): full collections then took ~8 ms (bench/NOTES.md).
+gc.freeze()

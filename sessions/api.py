@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
@@ -552,8 +552,9 @@ def log_metrics(request: HttpRequest, session_id: int) -> JsonResponse:
     session = _run_for_owner(request, session_id)
     rows = _clean_epochs(_json_body(request))
     _require_active(session)
-    new = session.record_epochs(rows)
-    events.push_epochs(session, new, session.external_stats())
+    with transaction.atomic():
+        new = session.record_epochs(rows)
+        events.push_epochs(session, new, session.external_stats())
     return _run_response(
         session, received=len(rows), stored=len(new), duplicates=len(rows) - len(new)
     )

@@ -145,9 +145,29 @@ def push_epochs(
     rows: Sequence[EpochMetric],
     stats: dict[str, Any] | None = None,
 ) -> None:
-    """Announce epochs stored in one batch (run logging), in epoch order."""
-    for event in _epochs_events(session, rows, stats):
-        _send(session, event)
+    """Announce epochs stored in one batch (run logging), in epoch order.
+
+    Called inside the transaction that stores them, the events are stored in it
+    too and pushed once it commits: one commit per batch instead of two
+    (~2 ms of a PostgreSQL log call, bench/NOTES.md), and a viewer never hears
+    of epochs it cannot read yet.
+    """
+    batch = _epochs_events(session, rows, stats)
+    if not batch:  # a retried batch: nothing new to store, lock or push
+        return
+    if not connection.in_atomic_block:
+        for event in batch:
+            _send(session, event)
+        return
+    texts = [(event["type"], json.dumps(event)) for event in batch]
+    _writer().flush()  # keep the table in event order, as _send does
+    _store([(session, kind, text) for kind, text in texts])
+
+    def push() -> None:
+        for kind, text in texts:
+            _push(session, kind, text)
+
+    transaction.on_commit(push)
 
 
 def _epochs_events(

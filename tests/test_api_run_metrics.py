@@ -138,6 +138,19 @@ def test_it_coalesces_a_large_batch_into_one_event(client, auth, run):
     }
 
 
+def test_a_batch_is_pushed_once_its_rows_are_committed(
+    client, auth, run, event_tap, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks() as on_commit:
+        send(client, run.pk, epochs(1, 2), auth)
+    # Stored in the rows' transaction, for pollers; pushed after its commit.
+    progress = TrainingEvent.objects.filter(session=run, type="training_progress")
+    assert [e.data["epoch"] for e in progress] == [1, 2]
+    (push,) = on_commit
+    push()
+    assert [event_tap.next()["epoch"] for _ in range(2)] == [1, 2]
+
+
 def test_a_retried_batch_pushes_nothing_new(client, auth, run):
     send(client, run.pk, epochs(1, 2), auth)
     send(client, run.pk, epochs(1, 2), auth)

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('training', '0004_api'),
+        ('training', '0005_epochs_without_session_constraint'),
     ]
 
     operations = [
