@@ -247,6 +247,6 @@ MLTRACK_WORKER_NICENESS = env_int("MLTRACK_WORKER_NICENESS", 10, minimum=0)
 # The worker's thread switch interval (sys.setswitchinterval), in microseconds;
 # Python's default is 5000 (mltrack/celery.py says why it is shorter).
 MLTRACK_WORKER_SWITCH_MICROSECONDS = env_int(
-    "MLTRACK_WORKER_SWITCH_MICROSECONDS", 500, minimum=1
+    "MLTRACK_WORKER_SWITCH_MICROSECONDS", 100, minimum=1
 )
 MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)

@@ -6,6 +6,7 @@ import hmac
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -661,15 +662,15 @@ def _record_epoch_sqlite(
     connection: Any, row: EpochMetric, moved: dict[str, Any]
 ) -> bool:
     """Insert one epoch's row and, if it was new, move its session's columns, in
-    one transaction on SQLite's own connection: a prepared INSERT and UPDATE
+    one transaction on this thread's own driver connection (_epoch_writer): a
+    prepared INSERT and UPDATE
     between BEGIN IMMEDIATE and COMMIT. Through Django's atomic() and cursors
     this was ~0.5 ms of a worker's 5 ms epoch (bench/NOTES.md). Outside an
     atomic block only: the transaction is this function's own."""
     values = [prep(getattr(row, name), connection) for name, prep in _epoch_preps()]
     update_sql, update_params = _session_update(connection, row.session_id, moved)
-    connection.ensure_connection()
     with connection.wrap_database_errors:
-        database = connection.connection
+        database = _epoch_writer(connection)
         cursor = database.cursor()
         try:
             _begin_immediate(connection, cursor)
@@ -682,12 +683,40 @@ def _record_epoch_sqlite(
                 cursor.execute(update_sql.replace("%s", "?"), update_params)
             cursor.execute("COMMIT")
         except BaseException:
-            if database.in_transaction:
-                database.rollback()
-            raise
-        finally:
             cursor.close()
+            # Closed rather than rolled back: a failure here may have been the
+            # connection itself, and the next save opens a fresh one.
+            _epoch_writers.by_name.pop(connection.settings_dict["NAME"], None)
+            database.close()
+            raise
+        cursor.close()
     return inserted
+
+
+_epoch_writers = threading.local()
+
+
+def _epoch_writer(connection: Any) -> sqlite3.Connection:
+    """The calling thread's own SQLite connection for epoch saves: autocommit, and
+    no busy timeout, so _begin_immediate does the waiting without the two PRAGMA
+    statements per save that switching the shared connection's timeout took.
+
+    Every statement hands the GIL back and waits to retake it; with ten runs in one
+    worker each wait is a turn behind the other training threads, and the waits
+    between an epoch's end and its push were most of the 10-runs latency
+    (bench/NOTES.md). Keyed by database file (tests use their own)."""
+    name = connection.settings_dict["NAME"]
+    mine = getattr(_epoch_writers, "by_name", None)
+    if mine is None:
+        mine = _epoch_writers.by_name = {}
+    database = mine.get(name)
+    if database is None:
+        database = sqlite3.connect(name, timeout=0, isolation_level=None)
+        # As the settings' init_command does for Django's connections (WAL mode
+        # is the file's own and stays).
+        database.execute("PRAGMA synchronous=NORMAL")
+        mine[name] = database
+    return database
 
 
 # How long the worker's epoch save sleeps between tries for SQLite's write lock.
@@ -697,7 +726,8 @@ SQLITE_LOCK_RETRY_SECONDS = 0.001
 def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
     """BEGIN IMMEDIATE (both statements write: take the write lock up front rather
     than fail to upgrade a read lock midway), trying every millisecond while
-    another writer holds the lock, for up to the connection's busy timeout.
+    another writer holds the lock, for up to the settings' busy timeout (the
+    connection itself has none: _epoch_writer).
 
     SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms between tries, so with ten
     runs in one worker a save that lost a few times waited ~1 s (the 10-runs p99,
@@ -706,19 +736,15 @@ def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
     """
     timeout = connection.settings_dict["OPTIONS"].get("timeout", 5)
     deadline = time.monotonic() + timeout
-    cursor.execute("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
-                if not busy or time.monotonic() >= deadline:
-                    raise
-            time.sleep(SQLITE_LOCK_RETRY_SECONDS)  # another writer's commit
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    while True:
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(SQLITE_LOCK_RETRY_SECONDS)  # another writer's commit
 
 
 def _session_exists(connection: Any) -> str:
