@@ -179,16 +179,13 @@ def _sqlite_history(connection: Any, sql: str, params: Any) -> _History:
 
 
 def _postgresql_history(connection: Any, sql: str, params: Any) -> _History:
-    data, extras = _fetchone_binary(
+    table, extras = _packed_rows(
         connection,
-        f"SELECT string_agg({_PACKED_COLUMNS} || int4send({_NULL_BITS}), ''),"
-        " (json_agg(json_build_array(epoch, extra))"
-        f" FILTER (WHERE extra <> '{_NO_EXTRA}'::jsonb))::text FROM ({sql}) AS t",
+        sql,
         params,
+        f"{_PACKED_COLUMNS} || int4send({_NULL_BITS})",
+        _PACKED_HISTORY_ROW,
     )
-    table = np.frombuffer(data or b"", dtype=_PACKED_HISTORY_ROW)
-    if (np.diff(table["epoch"]) <= 0).any():
-        table = table[np.argsort(table["epoch"], kind="stable")]
     epochs = table["epoch"].astype(np.int64)
     columns = []
     for bit, name in enumerate((*STANDARD_METRICS, "duration")):
@@ -201,11 +198,32 @@ def _postgresql_history(connection: Any, sql: str, params: Any) -> _History:
     times = _iso_times(table["created"], connection.timezone, slice(None))
     return _History(
         list(zip(epochs.tolist(), *columns, times, strict=True)),
-        {
-            int(np.searchsorted(epochs, epoch)): extra
-            for epoch, extra in json.loads(extras or "[]")
-        },
+        {int(np.searchsorted(epochs, epoch)): extra for epoch, extra in extras},
     )
+
+
+def _packed_rows(
+    connection: Any, sql: str | None, params: Any, packed: str, dtype: np.dtype
+) -> tuple[np.ndarray, list[Any]]:
+    """The rows of `sql` (none if None) as one value of packed rows, each the
+    expression `packed` in its columns' send (binary) format, read as `dtype`
+    in epoch order, and the [epoch, extra] pairs of the rows with extra metrics.
+
+    One value instead of a row of Python objects per epoch: the driver made those
+    at about 2 us a value, 40-60 ms for 20,000 epochs here."""
+    data, extras = None, None
+    if sql is not None:
+        data, extras = _fetchone_binary(
+            connection,
+            f"SELECT string_agg({packed}, ''),"
+            " (json_agg(json_build_array(epoch, extra))"
+            f" FILTER (WHERE extra <> '{_NO_EXTRA}'::jsonb))::text FROM ({sql}) AS t",
+            params,
+        )
+    table = np.frombuffer(data or b"", dtype=dtype)
+    if (np.diff(table["epoch"]) <= 0).any():
+        table = table[np.argsort(table["epoch"], kind="stable")]
+    return table, json.loads(extras or "[]")
 
 
 def _select(rows: QuerySet[EpochMetric]) -> tuple[Any, str | None, Any]:
@@ -513,32 +531,15 @@ def _floats(values: Sequence[float | None]) -> np.ndarray:
 
 
 def _postgresql_columns(connection: Any, sql: str | None, params: Any) -> _Columns:
-    data, extras = None, None
-    if sql is not None:
-        # One value of packed rows, in each column's send (binary) format, instead
-        # of a row of Python objects per epoch: the driver made those at about
-        # 2 us a value, 40-60 ms for 20,000 epochs here. NaN stands for a missing
-        # value: a stored NaN is missing for a chart too.
-        data, extras = _fetchone_binary(
-            connection,
-            f"SELECT string_agg({_PACKED_COLUMNS}, ''),"
-            " (json_agg(json_build_array(epoch, extra))"
-            f" FILTER (WHERE extra <> '{_NO_EXTRA}'::jsonb))::text FROM ({sql}) AS t",
-            params,
-        )
-    table = np.frombuffer(data or b"", dtype=_PACKED_ROW)
-    if (np.diff(table["epoch"]) <= 0).any():
-        table = table[np.argsort(table["epoch"], kind="stable")]
+    # NaN stands for a missing value: a stored NaN is missing for a chart too.
+    table, extras = _packed_rows(connection, sql, params, _PACKED_COLUMNS, _PACKED_ROW)
     epochs = table["epoch"].astype(np.int64)
     return _Columns(
         epochs=epochs,
         metrics=np.array([table[name] for name in STANDARD_METRICS], np.float64),
         durations=table["duration"].tolist(),
         times=partial(_iso_times, table["created"], connection.timezone),
-        extras=[
-            (int(np.searchsorted(epochs, epoch)), extra)
-            for epoch, extra in json.loads(extras or "[]")
-        ],
+        extras=[(int(np.searchsorted(epochs, e)), extra) for e, extra in extras],
     )
 
 

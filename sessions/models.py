@@ -586,7 +586,7 @@ def _insert_values(
         f"SELECT {', '.join(selected)} FROM (VALUES "
     )
     # A WHERE is also what SQLite's parser needs between a SELECT and ON CONFLICT.
-    exists = _session_exists(connection)
+    exists = _session_exists(connection.vendor)
     tail = f') WHERE {exists} ON CONFLICT DO NOTHING RETURNING "epoch"'
     one_row = "(" + ", ".join(["?"] * len(values[0])) + ")"
     inserted: set[int] = set()
@@ -645,7 +645,7 @@ def _insert_from_json(
         f"SELECT (item->>0)::integer, {standard}, "
         "(item->>2)::double precision, (item->1) - %s::text[], %s, %s "
         "FROM jsonb_array_elements(%s::jsonb) AS item "
-        f"WHERE {_session_exists(connection)} "
+        f"WHERE {_session_exists(connection.vendor)} "
         'ON CONFLICT DO NOTHING RETURNING "epoch"'
     )
     params = [list(STANDARD_METRICS), session_id, created, document, session_id]
@@ -663,10 +663,10 @@ def _record_epoch_sqlite(
 ) -> bool:
     """Insert one epoch's row and, if it was new, move its session's columns, in
     one transaction on this thread's own driver connection (_epoch_writer): a
-    prepared INSERT and UPDATE
-    between BEGIN IMMEDIATE and COMMIT. Through Django's atomic() and cursors
-    this was ~0.5 ms of a worker's 5 ms epoch (bench/NOTES.md). Outside an
-    atomic block only: the transaction is this function's own."""
+    prepared INSERT and UPDATE between BEGIN IMMEDIATE and COMMIT. Through
+    Django's atomic() and cursors this was ~0.5 ms of a worker's 5 ms epoch
+    (bench/NOTES.md). Outside an atomic block only: the transaction is this
+    function's own."""
     values = [prep(getattr(row, name), connection) for name, prep in _epoch_preps()]
     update_sql, update_params = _session_update(connection, row.session_id, moved)
     with connection.wrap_database_errors:
@@ -747,7 +747,7 @@ def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
         time.sleep(SQLITE_LOCK_RETRY_SECONDS)  # another writer's commit
 
 
-def _session_exists(connection: Any) -> str:
+def _session_exists(vendor: str) -> str:
     """The condition every INSERT of epochs has, with the session id as its last
     parameter: the table has no foreign-key constraint (EpochMetric.session).
 
@@ -755,13 +755,12 @@ def _session_exists(connection: Any) -> str:
     the INSERT commits, and a deletion that came first leaves nothing to find:
     what the constraint checked once per row, once per statement. SQLite's
     writers take turns. Placeholders are each path's own (SQLite's go to the
-    driver as "?").
+    driver as "?"; double quotes are both databases' quoting of names).
     """
-    quote = connection.ops.quote_name
-    table = quote(TrainingSession._meta.db_table)
-    if connection.vendor == "postgresql":
-        return f"EXISTS (SELECT 1 FROM {table} WHERE {quote('id')} = %s FOR KEY SHARE)"
-    return f"EXISTS (SELECT 1 FROM {table} WHERE {quote('id')} = ?)"
+    table = f'"{TrainingSession._meta.db_table}"'
+    if vendor == "postgresql":
+        return f'EXISTS (SELECT 1 FROM {table} WHERE "id" = %s FOR KEY SHARE)'
+    return f'EXISTS (SELECT 1 FROM {table} WHERE "id" = ?)'
 
 
 @functools.cache
@@ -802,14 +801,13 @@ def _epoch_preps() -> tuple[tuple[str, Any], ...]:
 @functools.cache
 def _sqlite_epoch_insert_sql() -> str:
     """The INSERT of one epoch, with the SQLite driver's "?" placeholders, if its
-    session exists (as _session_exists: the session id is the last parameter)."""
+    session exists (_session_exists: the session id is the last parameter)."""
     fields = _epoch_fields()
     columns = ", ".join(f'"{field.column}"' for field in fields)
     return (
         f'INSERT INTO "{EpochMetric._meta.db_table}" ({columns}) '
         f"SELECT {', '.join('?' * len(fields))} "
-        f'WHERE EXISTS (SELECT 1 FROM "{TrainingSession._meta.db_table}" '
-        'WHERE "id" = ?) ON CONFLICT DO NOTHING'
+        f"WHERE {_session_exists('sqlite')} ON CONFLICT DO NOTHING"
     )
 
 

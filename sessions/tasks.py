@@ -19,7 +19,7 @@ from django.db import (
 )
 from django.utils.timezone import now
 
-from sessions import diagnostics, events
+from sessions import diagnostics, events, metrics
 from sessions.models import TrainingSession
 
 logger = logging.getLogger(__name__)
@@ -225,8 +225,6 @@ def store_chart_if_long(session: TrainingSession) -> None:
     first reader gets a stored answer instead of reading every epoch (~60 ms for
     20,000 on SQLite, bench/NOTES.md). Runs in the worker; a failure only leaves
     the work to the first reader."""
-    from sessions import metrics
-
     if session.current_epoch <= metrics.CHART_MAX_POINTS or session.is_active:
         return
     try:
