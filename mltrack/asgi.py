@@ -9,8 +9,12 @@ from typing import Any
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import close_old_connections, connections
+from django.http import FileResponse
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
@@ -18,15 +22,15 @@ REQUEST_THREAD = "web-request"
 
 
 class SyncViewsASGIHandler(ASGIHandler):
-    """Django's ASGI handler, running each request's middleware and view in one
-    step on one of a fixed set of threads, each of which keeps its database
-    connection from one request to the next. The request's other synchronous
-    work (the request_started and request_finished signals, closing the
-    response) runs on that same thread.
+    """Django's ASGI handler, running each request's synchronous work (the
+    request_started signal, middleware and view, and closing the response, which
+    sends request_finished) in one step on one of a fixed set of threads, each
+    of which keeps its database connection from one request to the next.
 
     Every view here is synchronous. Django's own handler runs the middleware
     asynchronously and hops to the request's thread and back for each middleware
-    method (about 16 hops a request); here it is one hop.
+    method (about 16 hops a request), and once more for each signal; here it is
+    one hop (respond()).
 
     Django's handler also gives each request a thread of its own, so a database
     connection could not outlive its request: every request paid for a new one
@@ -55,20 +59,79 @@ class SyncViewsASGIHandler(ASGIHandler):
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
-        chain = self._middleware_chain
 
-        def respond(request: Any) -> Any:
-            # What request_started and request_finished do, again here: a
-            # cancelled request never sends request_finished, and a pooled
-            # connection (DB_POOL) must go back however the request ends.
+    def respond(self, scope: dict, body_file: Any) -> tuple[Any, list | None]:
+        """On the request's thread, in one step: request_started, the request,
+        middleware and view, and for a response whose content is all here, its
+        close() (request_finished) too. Returns the response and, unless it
+        streams, its headers ready to send.
+
+        Django's handler hops to a thread and back three times a request
+        (request_started, middleware and view, close()), and runs two tasks to
+        listen for a disconnect: ~0.5 ms of a 2 ms request (bench/NOTES.md).
+        Every view here is synchronous, so nothing would be cancelled by a
+        disconnect anyway: the thread finishes the request whatever daphne does.
+        """
+        # What request_started and request_finished do, again here: a cancelled
+        # request never sends request_finished, and a pooled connection (DB_POOL)
+        # must go back however the request ends.
+        close_old_connections()
+        try:
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, response = self.create_request(scope, body_file)
+            if request is not None:
+                response = self._middleware_chain(request)
+                response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                # As Django's handler: daphne does its own chunking.
+                response.block_size = self.chunk_size
+            if response.streaming:
+                return response, None
+            headers = [
+                (
+                    header.encode("ascii") if isinstance(header, str) else header,
+                    value.encode("latin1") if isinstance(value, str) else value,
+                )
+                for header, value in response.items()
+            ]
+            headers += [
+                (b"Set-Cookie", cookie.output(header="").encode("ascii").strip())
+                for cookie in response.cookies.values()
+            ]
+            response.close()  # request_finished, before the bytes leave
+            return response, headers
+        finally:
             close_old_connections()
-            try:
-                return chain(request)
-            finally:
-                close_old_connections()
 
-        # On the request's thread (its ThreadSensitiveContext's executor).
-        self._middleware_chain = sync_to_async(respond, thread_sensitive=True)
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            # On the request's thread (its ThreadSensitiveContext's executor).
+            response, headers = await sync_to_async(
+                self.respond, thread_sensitive=True
+            )(scope, body_file)
+            if headers is None:  # streaming: Django's way, then close()
+                await self.send_response(response, send)
+                await sync_to_async(response.close, thread_sensitive=True)()
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": headers,
+                }
+            )
+            content = response.content
+            for chunk, last in self.chunk_bytes(content):
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": not last}
+                )
+        finally:
+            body_file.close()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
