@@ -371,7 +371,7 @@ MAX_METRIC_NAME = 100
 def _run_for_owner(request: HttpRequest, session_id: int) -> TrainingSession:
     """An external run of this user; other users' runs do not exist for them."""
     session = (
-        TrainingSession.objects.filter(pk=session_id, owner=request.user).first()
+        TrainingSession.objects.owned(session_id, request.user.pk)
         if session_id < MAX_ID
         else None
     )
