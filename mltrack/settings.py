@@ -129,7 +129,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     # Tests run the worker and daphne as separate processes: they need a file.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
-elif env_bool("DB_POOL", False):
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's PostgreSQL backend with a health check that costs no round trip
+    # while the connection's socket is quiet (mltrack/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "mltrack.postgresql"
+if DATABASES["default"]["ENGINE"] == "mltrack.postgresql" and env_bool(
+    "DB_POOL", False
+):
     # A pool of connections shared by the web process's threads. Off by default:
     # the web process keeps one connection per request thread (mltrack/asgi.py),
     # and after a database restart psycopg's pool checks its dead connections one

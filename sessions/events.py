@@ -223,16 +223,15 @@ def _store(items: Sequence[StoredItem]) -> None:
     from sessions.models import TrainingEvent as StoredEvent
 
     with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            # Serialize event inserts so ids become visible in commit order: a
-            # poller that has seen id N can then never miss a later-committed N-1.
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [0x6D6C74])
+        # PostgreSQL: serialize event inserts so ids become visible in commit
+        # order: a poller that has seen id N can then never miss a
+        # later-committed N-1.
         ids = StoredEvent.objects.append(
             [
                 (session.pk, session.owner_id, kind, text)
                 for session, kind, text in items
-            ]
+            ],
+            lock=0x6D6C74 if connection.vendor == "postgresql" else None,
         )
     if any(pk % PRUNE_EVERY == 0 for pk in ids):
         StoredEvent.objects.prune(EVENT_RETENTION)

@@ -503,6 +503,12 @@ class TrainingSession(models.Model):
         moment = now()
         if not wanted:
             return StoredEpochs(self.pk, [], moment)
+        items = [(e, *wanted[e]) for e in sorted(wanted)]
+        if connection.vendor == "postgresql":
+            inserted = self._record_epochs_postgresql(items, moment)
+            return StoredEpochs(
+                self.pk, [(e, *wanted[e]) for e in sorted(inserted)], moment
+            )
         with transaction.atomic(savepoint=False):
             # Read the whole row under the lock: it is this instance's new state
             # once the changes below are applied, with no reload after.
@@ -511,9 +517,7 @@ class TrainingSession(models.Model):
             locked = TrainingSession.objects.owned(self.pk, self.owner_id, lock=True)
             if locked is None:
                 raise TrainingSession.DoesNotExist(f"session {self.pk} was deleted")
-            inserted = EpochMetric.objects.insert_epochs(
-                self.pk, [(e, *wanted[e]) for e in sorted(wanted)], moment
-            )
+            inserted = EpochMetric.objects.insert_epochs(self.pk, items, moment)
             new = StoredEpochs(
                 self.pk, [(e, *wanted[e]) for e in sorted(inserted)], moment
             )
@@ -536,6 +540,59 @@ class TrainingSession(models.Model):
             value = changes.get(field.name, getattr(locked, field.attname))
             setattr(self, field.attname, value)
         return new
+
+    def _record_epochs_postgresql(
+        self, items: list[tuple[int, dict[str, Any], float | None]], moment: datetime
+    ) -> set[int]:
+        """record_epochs on PostgreSQL: the INSERT and the session's UPDATE as one
+        statement, which returns the session's new row (this instance's new
+        state) and the epochs inserted.
+
+        Read, insert, update were three round trips of a log call's ten, each
+        0.3-1 ms on a busy machine (bench/NOTES.md). The UPDATE takes the row
+        lock the read took; under READ COMMITTED a batch that waited for it
+        sees the other's committed counters, so GREATEST keeps the highest."""
+        last, (metrics, duration) = items[-1][0], items[-1][1:]
+        # The last epoch's metrics, as the session shows them, if it is new and
+        # moves the counter (a stored epoch is never above the counter, so the
+        # last inserted is the last sent whenever the counter moves).
+        final = StoredEpochs(self.pk, [(last, metrics, duration)], moment)[0].metrics
+        created = EpochMetric._meta.get_field("created").get_db_prep_save(
+            moment, connection
+        )
+        insert_sql, insert_params = _json_insert(connection, self.pk, created, items)
+        select, make = _reader(TrainingSession, connection)
+        final_prep = TrainingSession._meta.get_field("final_metrics").get_db_prep_save
+        heartbeat = TrainingSession._meta.get_field("heartbeat_at").get_db_prep_save
+        table = f'"{TrainingSession._meta.db_table}"'
+        sql = (
+            f"WITH new AS ({insert_sql}), moved AS ("
+            f'UPDATE {table} SET "heartbeat_at" = %s, "current_epoch" = '
+            'GREATEST("current_epoch", (SELECT MAX("epoch") FROM new)), '
+            '"final_metrics" = CASE WHEN %s > "current_epoch" AND EXISTS '
+            '(SELECT 1 FROM new WHERE "epoch" = %s) THEN %s '
+            'ELSE "final_metrics" END, "best_val_accuracy" = GREATEST('
+            '"best_val_accuracy", (SELECT MAX("val_accuracy") FROM new)) '
+            f'WHERE "id" = %s RETURNING {select.replace(table + ".", "")}) '
+            'SELECT moved.*, ARRAY(SELECT "epoch" FROM new) FROM moved'
+        )
+        params = [
+            *insert_params,
+            heartbeat(moment, connection),
+            last,
+            last,
+            final_prep(final, connection),
+            self.pk,
+        ]
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            raise TrainingSession.DoesNotExist(f"session {self.pk} was deleted")
+        fresh = make(row[:-1])
+        for field in TrainingSession._meta.concrete_fields:
+            setattr(self, field.attname, getattr(fresh, field.attname))
+        return set(row[-1])
 
     def external_stats(self) -> dict[str, Any]:
         """Throughput and time left of a run, from its clock and epoch counter."""
@@ -682,20 +739,14 @@ def _insert_values(
         return inserted
 
 
-def _insert_from_json(
+def _json_insert(
     connection: Any,
     session_id: int,
     created: Any,
     items: list[tuple[int, dict[str, Any], float | None]],
-    session_update: dict[str, Any] | None = None,
-) -> set[int]:
-    """The rows as one JSON document that PostgreSQL takes apart itself.
-
-    An array per column made psycopg walk every value in Python (~13 ms of a
-    1,000-epoch batch); json.dumps is C, and taking 1,000 rows apart costs the
-    server ~1 ms. Numbers go through their shortest exact text (repr) and back,
-    so every float arrives unchanged.
-    """
+) -> tuple[str, list[Any]]:
+    """_insert_from_json's statement and parameters: an INSERT ... ON CONFLICT DO
+    NOTHING RETURNING "epoch", "val_accuracy" of the rows inserted."""
     quote = connection.ops.quote_name
     columns = ("epoch", *STANDARD_METRICS, "duration", "extra", "session_id", "created")
     standard = ", ".join(
@@ -715,16 +766,34 @@ def _insert_from_json(
         "(item->>2)::double precision, (item->1) - %s::text[], %s, %s "
         "FROM jsonb_array_elements(%s::jsonb) AS item "
         f"WHERE {_session_exists(connection.vendor)} "
-        'ON CONFLICT DO NOTHING RETURNING "epoch"'
+        'ON CONFLICT DO NOTHING RETURNING "epoch", "val_accuracy"'
     )
     params = [list(STANDARD_METRICS), session_id, created, document, session_id]
+    return sql, params
+
+
+def _insert_from_json(
+    connection: Any,
+    session_id: int,
+    created: Any,
+    items: list[tuple[int, dict[str, Any], float | None]],
+    session_update: dict[str, Any] | None = None,
+) -> set[int]:
+    """The rows as one JSON document that PostgreSQL takes apart itself.
+
+    An array per column made psycopg walk every value in Python (~13 ms of a
+    1,000-epoch batch); json.dumps is C, and taking 1,000 rows apart costs the
+    server ~1 ms. Numbers go through their shortest exact text (repr) and back,
+    so every float arrives unchanged.
+    """
+    sql, params = _json_insert(connection, session_id, created, items)
     if session_update:
         sql, params = _and_update_session(
             connection, sql, params, session_id, session_update
         )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {epoch for (epoch,) in cursor.fetchall()}
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _record_epoch_sqlite(
@@ -1121,9 +1190,13 @@ class TrainingEventQuerySet(models.QuerySet):
     def prune(self, older_than: timedelta) -> int:
         return self.filter(created__lt=now() - older_than).delete()[0]
 
-    def append(self, rows: Sequence[tuple[int, int, str, str]]) -> list[int]:
+    def append(
+        self, rows: Sequence[tuple[int, int, str, str]], lock: int | None = None
+    ) -> list[int]:
         """Store events given as (session id, owner id, type, JSON text) in one
-        INSERT per 500, in order; return their ids.
+        INSERT per 500, in order; return their ids. `lock` (PostgreSQL): an
+        advisory lock taken for the transaction by the first INSERT itself, before
+        it draws any id: one round trip fewer than a SELECT of its own.
 
         The worker stores an event for every epoch, and the ORM's bulk_create
         (instances, and a second json.dumps of a text already made for the push)
@@ -1146,10 +1219,21 @@ class TrainingEventQuerySet(models.QuerySet):
         with connection.cursor() as cursor:
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
-                cursor.execute(
-                    head + ", ".join([one_row] * len(chunk)) + returning,
-                    [value for row in chunk for value in (*row, created)],
-                )
+                values = ", ".join([one_row] * len(chunk))
+                params = [value for row in chunk for value in (*row, created)]
+                if lock is not None and start == 0:
+                    # The rows come out of the join only once the lock is held,
+                    # and their ids are drawn as they go in.
+                    names = ", ".join(quote(name) for name in columns)
+                    statement = (
+                        f"{head.removesuffix(' VALUES ')} SELECT new_event.* FROM "
+                        "(SELECT pg_advisory_xact_lock(%s)) AS held, "
+                        f"(VALUES {values}) AS new_event ({names})"
+                    )
+                    params.insert(0, lock)
+                else:
+                    statement = head + values
+                cursor.execute(statement + returning, params)
                 ids.extend(pk for (pk,) in cursor.fetchall())
         return ids
 

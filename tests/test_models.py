@@ -64,6 +64,49 @@ def test_record_epochs_stores_every_value_in_its_own_column(make_session):
     assert [row.train_loss, row.f1, row.extra] == [1.0, 8.0, {"custom": 9}]
 
 
+def test_record_epochs_moves_the_counters_only_for_new_epochs(make_session):
+    session = make_session(total_epochs=10)
+    session.record_epochs(
+        [(1, {"val_accuracy": 0.7}, None), (3, {"train_loss": 0.3, "c": 2}, None)]
+    )
+    assert (session.current_epoch, session.best_val_accuracy) == (3, 0.7)
+    assert session.final_metrics["train_loss"] == 0.3
+    assert session.final_metrics["c"] == 2
+    # A retried epoch 3 with other values changes nothing; a late epoch 2 raises
+    # the best accuracy but not the counter or the last metrics.
+    new = session.record_epochs(
+        [
+            (3, {"train_loss": 9, "val_accuracy": 1.0}, None),
+            (2, {"val_accuracy": 0.9}, None),
+        ]
+    )
+    assert [row.epoch for row in new] == [2]
+    stored = TrainingSession.objects.get(pk=session.pk)
+    for seen in (session, stored):
+        assert (seen.current_epoch, seen.best_val_accuracy) == (3, 0.9)
+        assert seen.final_metrics["train_loss"] == 0.3
+    assert session.heartbeat_at == stored.heartbeat_at is not None
+
+
+def _columns(instance):
+    return {
+        f.attname: getattr(instance, f.attname)
+        for f in type(instance)._meta.concrete_fields
+    }
+
+
+def test_owned_reads_a_session_as_the_orm_does(make_session, bob):
+    session = make_session()
+    session.mark_running("task-1")
+    session.record_epoch(1, {"train_loss": 0.5, "val_accuracy": 0.8, "custom": 3})
+    by_orm = TrainingSession.objects.get(pk=session.pk)
+    read = TrainingSession.objects.owned(session.pk, session.owner_id)
+    assert _columns(read) == _columns(by_orm)
+    assert read.started_at.tzinfo is not None and isinstance(read.params, dict)
+    assert TrainingSession.objects.owned(session.pk, bob.pk) is None
+    assert TrainingSession.objects.owned(session.pk + 1, session.owner_id) is None
+
+
 def test_deleting_a_session_deletes_its_epochs(make_session):
     session, other = make_session(), make_session()
     session.record_epoch(1, {"train_loss": 0.5})
@@ -177,6 +220,18 @@ def test_tokens_are_stored_hashed_and_revocable(alice):
     assert ApiToken.objects.authenticate(raw) == token
     assert ApiToken.objects.authenticate(raw + "x") is None
     token.revoke()
+    assert ApiToken.objects.authenticate(raw) is None
+
+
+def test_a_token_and_its_user_are_read_as_the_orm_reads_them(alice):
+    token, raw = ApiToken.issue(alice, "laptop")
+    found = ApiToken.objects.authenticate(raw)
+    by_orm = ApiToken.objects.select_related("user").get(pk=token.pk)
+    assert _columns(found) == _columns(by_orm)
+    assert _columns(found.user) == _columns(by_orm.user)
+    assert found.user.date_joined.tzinfo is not None
+    alice.is_active = False
+    alice.save()
     assert ApiToken.objects.authenticate(raw) is None
 
 
