@@ -544,44 +544,74 @@ class TrainingSession(models.Model):
     def _record_epochs_postgresql(
         self, items: list[tuple[int, dict[str, Any], float | None]], moment: datetime
     ) -> set[int]:
-        """record_epochs on PostgreSQL: the INSERT and the session's UPDATE as one
-        statement, which returns the session's new row (this instance's new
-        state) and the epochs inserted.
+        """record_epochs on PostgreSQL, as one statement: lock the session row,
+        insert the epochs, move its counters, and return its new row (this
+        instance's new state) and the epochs inserted.
 
         Read, insert, update were three round trips of a log call's ten, each
-        0.3-1 ms on a busy machine (bench/NOTES.md). The UPDATE takes the row
-        lock the read took; under READ COMMITTED a batch that waited for it
-        sees the other's committed counters, so GREATEST keeps the highest."""
+        0.3-1 ms on a busy machine (bench/NOTES.md).
+
+        Epochs above the locked row's counter go in as plain rows: every epoch
+        stored is at or below the counter (each insert moves it in its own
+        transaction), and whoever inserts another run's epochs holds this lock
+        first, so none of them can be there. Only the rest (a client's retry, a
+        late epoch) pays for ON CONFLICT's speculative insertion: ~1.6 ms of a
+        1,000-epoch insert of ~6 ms (bench/NOTES.md). A batch that waited for the
+        lock reads the counter as the other left it (FOR NO KEY UPDATE returns
+        the newest row), and its UPDATE sees the other's counters too, so
+        GREATEST keeps the highest.
+        """
         last, (metrics, duration) = items[-1][0], items[-1][1:]
         # The last epoch's metrics, as the session shows them, if it is new and
         # moves the counter (a stored epoch is never above the counter, so the
         # last inserted is the last sent whenever the counter moves).
         final = StoredEpochs(self.pk, [(last, metrics, duration)], moment)[0].metrics
-        created = EpochMetric._meta.get_field("created").get_db_prep_save(
-            moment, connection
+        session_fields = TrainingSession._meta
+        epochs = connection.ops.quote_name(EpochMetric._meta.db_table)
+        table = f'"{session_fields.db_table}"'
+        columns, select = _json_columns(connection)
+        session_columns, make = _reader(TrainingSession, connection)
+        rows_sql = (
+            f"INSERT INTO {epochs} ({columns}) SELECT {select}, held.id "
+            'FROM held, items WHERE (item->>0)::integer {} held."current_epoch"'
         )
-        insert_sql, insert_params = _json_insert(connection, self.pk, created, items)
-        select, make = _reader(TrainingSession, connection)
-        final_prep = TrainingSession._meta.get_field("final_metrics").get_db_prep_save
-        heartbeat = TrainingSession._meta.get_field("heartbeat_at").get_db_prep_save
-        table = f'"{TrainingSession._meta.db_table}"'
         sql = (
-            f"WITH new AS ({insert_sql}), moved AS ("
-            f'UPDATE {table} SET "heartbeat_at" = %s, "current_epoch" = '
+            f'WITH held AS (SELECT "id", "current_epoch" FROM {table} '
+            'WHERE "id" = %s FOR NO KEY UPDATE), '
+            "items AS (SELECT item FROM jsonb_array_elements(%s::jsonb) AS item), "
+            f"fresh AS ({rows_sql.format('>')} RETURNING "
+            '"epoch", "val_accuracy"), '
+            f"late AS ({rows_sql.format('<=')} ON CONFLICT DO NOTHING RETURNING "
+            '"epoch", "val_accuracy"), '
+            "new AS (SELECT * FROM fresh UNION ALL SELECT * FROM late), "
+            f'moved AS (UPDATE {table} SET "heartbeat_at" = %s, "current_epoch" = '
             'GREATEST("current_epoch", (SELECT MAX("epoch") FROM new)), '
             '"final_metrics" = CASE WHEN %s > "current_epoch" AND EXISTS '
             '(SELECT 1 FROM new WHERE "epoch" = %s) THEN %s '
             'ELSE "final_metrics" END, "best_val_accuracy" = GREATEST('
             '"best_val_accuracy", (SELECT MAX("val_accuracy") FROM new)) '
-            f'WHERE "id" = %s RETURNING {select.replace(table + ".", "")}) '
+            f'WHERE "id" = %s RETURNING {session_columns.replace(table + ".", "")}) '
             'SELECT moved.*, ARRAY(SELECT "epoch" FROM new) FROM moved'
         )
+        created = EpochMetric._meta.get_field("created").get_db_prep_save(
+            moment, connection
+        )
+        names = list(STANDARD_METRICS)
         params = [
-            *insert_params,
-            heartbeat(moment, connection),
+            self.pk,
+            _json_document(items),
+            names,
+            created,
+            names,
+            created,
+            session_fields.get_field("heartbeat_at").get_db_prep_save(
+                moment, connection
+            ),
             last,
             last,
-            final_prep(final, connection),
+            session_fields.get_field("final_metrics").get_db_prep_save(
+                final, connection
+            ),
             self.pk,
         ]
         with transaction.atomic(savepoint=False), connection.cursor() as cursor:
@@ -590,7 +620,7 @@ class TrainingSession(models.Model):
         if row is None:
             raise TrainingSession.DoesNotExist(f"session {self.pk} was deleted")
         fresh = make(row[:-1])
-        for field in TrainingSession._meta.concrete_fields:
+        for field in session_fields.concrete_fields:
             setattr(self, field.attname, getattr(fresh, field.attname))
         return set(row[-1])
 
@@ -739,36 +769,50 @@ def _insert_values(
         return inserted
 
 
+def _json_document(items: list[tuple[int, dict[str, Any], float | None]]) -> str:
+    """The rows as one JSON document of [epoch, metrics, duration] arrays."""
+    try:
+        # orjson: ~0.08 ms for 1,000 epochs, where json took ~0.95 ms. The same
+        # shortest exact text for every float. JSON has no NaN (orjson would
+        # write null); neither the API nor the trainer lets one through.
+        return orjson.dumps(items, default=float).decode()  # numpy floats
+    except TypeError:  # an integer beyond 64 bits (an external run may log one)
+        return json.dumps(items, default=float, allow_nan=False)
+
+
+def _json_columns(connection: Any) -> tuple[str, str]:
+    """(the epoch table's columns, the SELECT list that makes them from a JSON
+    `item` of _json_document: two parameters, the standard metric names as a
+    text[] and the creation time, followed by the session id's expression)."""
+    quote = connection.ops.quote_name
+    columns = ("epoch", *STANDARD_METRICS, "duration", "extra", "created", "session_id")
+    standard = ", ".join(
+        f"(item->1->>'{name}')::double precision" for name in STANDARD_METRICS
+    )
+    select = (
+        f"(item->>0)::integer, {standard}, "
+        "(item->>2)::double precision, (item->1) - %s::text[], %s"
+    )
+    return ", ".join(quote(name) for name in columns), select
+
+
 def _json_insert(
     connection: Any,
     session_id: int,
     created: Any,
     items: list[tuple[int, dict[str, Any], float | None]],
 ) -> tuple[str, list[Any]]:
-    """_insert_from_json's statement and parameters: an INSERT ... ON CONFLICT DO
-    NOTHING RETURNING "epoch", "val_accuracy" of the rows inserted."""
-    quote = connection.ops.quote_name
-    columns = ("epoch", *STANDARD_METRICS, "duration", "extra", "session_id", "created")
-    standard = ", ".join(
-        f"(item->1->>'{name}')::double precision" for name in STANDARD_METRICS
-    )
-    try:
-        # orjson: ~0.08 ms for 1,000 epochs, where json took ~0.95 ms. The same
-        # shortest exact text for every float. JSON has no NaN (orjson would
-        # write null); neither the API nor the trainer lets one through.
-        document = orjson.dumps(items, default=float).decode()  # numpy floats
-    except TypeError:  # an integer beyond 64 bits (an external run may log one)
-        document = json.dumps(items, default=float, allow_nan=False)
+    """_insert_from_json's statement and parameters."""
+    columns, select = _json_columns(connection)
     sql = (
-        f"INSERT INTO {quote(EpochMetric._meta.db_table)} "
-        f"({', '.join(quote(name) for name in columns)}) "
-        f"SELECT (item->>0)::integer, {standard}, "
-        "(item->>2)::double precision, (item->1) - %s::text[], %s, %s "
+        f"INSERT INTO {connection.ops.quote_name(EpochMetric._meta.db_table)} "
+        f"({columns}) SELECT {select}, %s "
         "FROM jsonb_array_elements(%s::jsonb) AS item "
         f"WHERE {_session_exists(connection.vendor)} "
-        'ON CONFLICT DO NOTHING RETURNING "epoch", "val_accuracy"'
+        'ON CONFLICT DO NOTHING RETURNING "epoch"'
     )
-    params = [list(STANDARD_METRICS), session_id, created, document, session_id]
+    document = _json_document(items)
+    params = [list(STANDARD_METRICS), created, session_id, document, session_id]
     return sql, params
 
 

@@ -2,7 +2,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from django.db import IntegrityError, connection, connections
+from django.db import IntegrityError, connection, connections, transaction
 from django.utils.timezone import now
 
 from sessions.models import ApiToken, EpochMetric, TrainingSession
@@ -176,6 +176,60 @@ def test_a_deletion_waits_for_epochs_being_inserted(make_session):
         inserting.close()
     assert not TrainingSession.objects.filter(pk=session_id).exists()
     assert not EpochMetric.objects.filter(session_id=session_id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_overlapping_log_batches_store_each_epoch_once(make_session):
+    """A batch that waits for another's lock on the session, with epochs the
+    other is inserting: it stores only the rest, without an error, and the
+    counter ends at the highest (PostgreSQL; SQLite's writers never overlap)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("only PostgreSQL runs writers side by side")
+    session = make_session(total_epochs=30)
+    session.record_epochs([(e, {"train_loss": 1.0}, None) for e in range(1, 11)])
+    inserted = threading.Event()
+    commit = threading.Event()
+    results = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                mine = TrainingSession.objects.get(pk=session.pk)
+                rows = [(e, {"train_loss": 2.0}, None) for e in range(11, 21)]
+                results["first"] = [row.epoch for row in mine.record_epochs(rows)]
+                inserted.set()
+                commit.wait(10)
+        finally:
+            connections.close_all()
+
+    def second() -> None:
+        try:
+            mine = TrainingSession.objects.get(pk=session.pk)
+            rows = [(e, {"train_loss": 3.0}, None) for e in range(15, 26)]
+            results["second"] = [row.epoch for row in mine.record_epochs(rows)]
+            results["counter"] = mine.current_epoch
+        finally:
+            connections.close_all()
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert inserted.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.5)
+    assert two.is_alive()  # waiting for the session's lock
+    commit.set()
+    one.join(10)
+    two.join(10)
+    assert results["first"] == list(range(11, 21))
+    assert results["second"] == list(range(21, 26))
+    assert results["counter"] == 25
+    stored = dict(
+        EpochMetric.objects.filter(session=session).values_list("epoch", "train_loss")
+    )
+    assert sorted(stored) == list(range(1, 26))
+    assert {stored[e] for e in range(15, 21)} == {2.0}
+    assert {stored[e] for e in range(21, 26)} == {3.0}
 
 
 def test_stop_cancels_a_queued_session_at_once(make_session):
