@@ -90,25 +90,19 @@ class TrainingSessionQuerySet(models.QuerySet):
             return self
         return self.filter(owner=user)
 
-    def owned(
-        self, pk: int, owner_id: int, lock: bool = False
-    ) -> TrainingSession | None:
-        """This owner's session `pk`, or None; `lock`: held (PostgreSQL: FOR NO
-        KEY UPDATE, which does not hold up inserts that only need the row to
-        exist; SQLite's writers take turns) until the transaction ends.
+    def owned(self, pk: int, owner_id: int) -> TrainingSession | None:
+        """This owner's session `pk`, or None.
 
         What filter(pk=..., owner_id=...).first() reads, as cached raw SQL: the
-        run-logging API reads its run twice a call (_reader)."""
+        run-logging API reads its run on every call (_reader)."""
         db = connections[self.db]
         select, make = _reader(TrainingSession, db)
-        sql = (
-            f'SELECT {select} FROM "{TrainingSession._meta.db_table}"'
-            ' WHERE "id" = %s AND "owner_id" = %s'
-        )
-        if lock and db.vendor == "postgresql":
-            sql += " FOR NO KEY UPDATE"
         with db.cursor() as cursor:
-            cursor.execute(sql, [pk, owner_id])
+            cursor.execute(
+                f'SELECT {select} FROM "{TrainingSession._meta.db_table}"'
+                ' WHERE "id" = %s AND "owner_id" = %s',
+                [pk, owner_id],
+            )
             row = cursor.fetchone()
         return None if row is None else make(row)
 
@@ -510,11 +504,10 @@ class TrainingSession(models.Model):
                 self.pk, [(e, *wanted[e]) for e in sorted(inserted)], moment
             )
         with transaction.atomic(savepoint=False):
-            # Read the whole row under the lock: it is this instance's new state
-            # once the changes below are applied, with no reload after.
-            # NO KEY UPDATE: the lock an UPDATE of non-key columns takes, which
-            # does not hold up inserts that only need the row to exist.
-            locked = TrainingSession.objects.owned(self.pk, self.owner_id, lock=True)
+            # SQLite: the transaction began IMMEDIATE, so it holds the write lock.
+            # Read the whole row under it: it is this instance's new state once
+            # the changes below are applied, with no reload after.
+            locked = TrainingSession.objects.owned(self.pk, self.owner_id)
             if locked is None:
                 raise TrainingSession.DoesNotExist(f"session {self.pk} was deleted")
             inserted = EpochMetric.objects.insert_epochs(self.pk, items, moment)
@@ -796,26 +789,6 @@ def _json_columns(connection: Any) -> tuple[str, str]:
     return ", ".join(quote(name) for name in columns), select
 
 
-def _json_insert(
-    connection: Any,
-    session_id: int,
-    created: Any,
-    items: list[tuple[int, dict[str, Any], float | None]],
-) -> tuple[str, list[Any]]:
-    """_insert_from_json's statement and parameters."""
-    columns, select = _json_columns(connection)
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(EpochMetric._meta.db_table)} "
-        f"({columns}) SELECT {select}, %s "
-        "FROM jsonb_array_elements(%s::jsonb) AS item "
-        f"WHERE {_session_exists(connection.vendor)} "
-        'ON CONFLICT DO NOTHING RETURNING "epoch"'
-    )
-    document = _json_document(items)
-    params = [list(STANDARD_METRICS), created, session_id, document, session_id]
-    return sql, params
-
-
 def _insert_from_json(
     connection: Any,
     session_id: int,
@@ -830,14 +803,23 @@ def _insert_from_json(
     server ~1 ms. Numbers go through their shortest exact text (repr) and back,
     so every float arrives unchanged.
     """
-    sql, params = _json_insert(connection, session_id, created, items)
+    columns, select = _json_columns(connection)
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(EpochMetric._meta.db_table)} "
+        f"({columns}) SELECT {select}, %s "
+        "FROM jsonb_array_elements(%s::jsonb) AS item "
+        f"WHERE {_session_exists(connection.vendor)} "
+        'ON CONFLICT DO NOTHING RETURNING "epoch"'
+    )
+    names = list(STANDARD_METRICS)
+    params = [names, created, session_id, _json_document(items), session_id]
     if session_update:
         sql, params = _and_update_session(
             connection, sql, params, session_id, session_update
         )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0] for row in cursor.fetchall()}
+        return {epoch for (epoch,) in cursor.fetchall()}
 
 
 def _record_epoch_sqlite(
@@ -932,6 +914,8 @@ def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
 def _session_exists(vendor: str) -> str:
     """The condition every INSERT of epochs has, with the session id as its last
     parameter: the table has no foreign-key constraint (EpochMetric.session).
+    (The API's PostgreSQL batches hold the session row's NO KEY UPDATE lock
+    instead, which is stronger: TrainingSession._record_epochs_postgresql.)
 
     On PostgreSQL the KEY SHARE lock keeps the session from being deleted until
     the INSERT commits, and a deletion that came first leaves nothing to find:
