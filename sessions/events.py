@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
+import orjson
 import redis
 import redis.asyncio
 from django.conf import settings
@@ -119,9 +120,20 @@ def push_trained(
     """Announce an epoch the worker has just saved: to viewers at once, to the
     event table in a batch, off the training thread (_EventWriter)."""
     event = _epoch_event(session, row, stats)
-    text = json.dumps(event)
+    text = _json(event)
     _push(session, event["type"], text)
     _writer().add(session, event["type"], text)
+
+
+def _json(event: TrainingEvent) -> str:
+    """An event's JSON text, by orjson: ~2 us for an epoch's event where json took
+    ~18 us, on the training thread every epoch. NaN becomes null (json wrote NaN,
+    which browsers' JSON.parse refuses); numpy numbers go through float();
+    integers beyond 64 bits (an external run may log one) go to json."""
+    try:
+        return orjson.dumps(event, default=float).decode()
+    except TypeError:
+        return json.dumps(event)
 
 
 def _epoch_event(
@@ -159,7 +171,7 @@ def push_epochs(
         for event in batch:
             _send(session, event)
         return
-    texts = [(event["type"], json.dumps(event)) for event in batch]
+    texts = [(event["type"], _json(event)) for event in batch]
     _writer().flush()  # keep the table in event order, as _send does
     _store([(session, kind, text) for kind, text in texts])
 
@@ -238,7 +250,7 @@ def _store(items: Sequence[StoredItem]) -> None:
 
 
 def _send(session: TrainingSession, event: TrainingEvent) -> None:
-    kind, text = event["type"], json.dumps(event)
+    kind, text = event["type"], _json(event)
     progress = kind == "training_progress"
     if progress:
         _push(session, kind, text)  # viewers first, pollers second

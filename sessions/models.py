@@ -354,6 +354,18 @@ class TrainingSession(models.Model):
                 "epochs are kept; start a new session to train again."
             ),
         )
+        if updated:
+            # The worker writes the counters less often than its epochs
+            # (record_epoch's progress_every) and died before writing the last
+            # ones: the stored epochs say how far it got.
+            last = self.epochs.order_by("-epoch").first()
+            if last is not None:
+                best = self.epochs.aggregate(best=models.Max("val_accuracy"))
+                TrainingSession.objects.filter(pk=self.pk).update(
+                    current_epoch=last.epoch,
+                    final_metrics=last.metrics,
+                    best_val_accuracy=best["best"],
+                )
         self.refresh_from_db()
         return bool(updated)
 
@@ -434,6 +446,7 @@ class TrainingSession(models.Model):
         metrics: dict[str, Any],
         duration: float | None = None,
         finished: datetime | None = None,
+        progress_every: float = 0.0,
     ) -> EpochMetric:
         """Store one epoch's metrics (`finished`: when it was trained, default now)
         and move the session's counters, atomically; return its row.
@@ -441,6 +454,14 @@ class TrainingSession(models.Model):
         The worker calls this every epoch: one INSERT that skips an epoch already
         there and one UPDATE, where a duplicate check first and model saves cost
         about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
+
+        progress_every (seconds): the counters (current_epoch, heartbeat_at,
+        final_metrics, best_val_accuracy) are then written at most this often,
+        and this instance keeps them until save_progress(). The epoch rows are
+        what pages and the API read for a run's history; the counters only show
+        how far it got. On SQLite an epoch without the UPDATE is one autocommit
+        INSERT instead of four statements, each of which hands the GIL back and
+        waits its turn behind the other runs' training threads (bench/NOTES.md).
         """
         row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished or now())
         moved = {
@@ -455,6 +476,9 @@ class TrainingSession(models.Model):
         ):
             moved["best_val_accuracy"] = accuracy
         items = [(row.epoch, metrics, row.duration)]
+        clock = time.monotonic()
+        written_at = self.__dict__.get("_progress_written_at")
+        due = written_at is None or clock - written_at >= progress_every
         # The connection itself, not the proxy that looks it up at every use.
         connection = connections[DEFAULT_DB_ALIAS]
         if connection.vendor == "postgresql":
@@ -462,10 +486,10 @@ class TrainingSession(models.Model):
             # with 10 runs in one worker each round trip also waits for the GIL
             # (bench/NOTES.md).
             inserted = EpochMetric.objects.insert_epochs(
-                self.pk, items, row.created, session_update=moved
+                self.pk, items, row.created, session_update=moved if due else None
             )
         elif not connection.in_atomic_block:
-            inserted = _record_epoch_sqlite(connection, row, moved)
+            inserted = _record_epoch_sqlite(connection, row, moved if due else None)
         else:
             with transaction.atomic(savepoint=False):
                 inserted = EpochMetric.objects.insert_epochs(
@@ -480,7 +504,27 @@ class TrainingSession(models.Model):
             return EpochMetric.objects.get(session=self, epoch=row.epoch)
         for name, value in moved.items():
             setattr(self, name, value)
+        if due or connection.in_atomic_block:  # the atomic path always updates
+            self._progress_written_at = clock
+            self._progress_unsaved = False
+        else:
+            self._progress_unsaved = True
         return row
+
+    def save_progress(self) -> None:
+        """Write the counters that record_epoch(progress_every=...) kept back.
+        The worker calls it before a run's final status, so a finished run's
+        row counts every stored epoch."""
+        if not self.__dict__.get("_progress_unsaved"):
+            return
+        TrainingSession.objects.filter(pk=self.pk).update(
+            current_epoch=self.current_epoch,
+            heartbeat_at=self.heartbeat_at,
+            final_metrics=self.final_metrics,
+            best_val_accuracy=self.best_val_accuracy,
+        )
+        self._progress_written_at = time.monotonic()
+        self._progress_unsaved = False
 
     def record_epochs(
         self, rows: list[tuple[int, dict[str, Any], float | None]]
@@ -823,29 +867,40 @@ def _insert_from_json(
 
 
 def _record_epoch_sqlite(
-    connection: Any, row: EpochMetric, moved: dict[str, Any]
+    connection: Any, row: EpochMetric, moved: dict[str, Any] | None
 ) -> bool:
-    """Insert one epoch's row and, if it was new, move its session's columns, in
-    one transaction on this thread's own driver connection (_epoch_writer): a
-    prepared INSERT and UPDATE between BEGIN IMMEDIATE and COMMIT. Through
-    Django's atomic() and cursors this was ~0.5 ms of a worker's 5 ms epoch
-    (bench/NOTES.md). Outside an atomic block only: the transaction is this
-    function's own."""
+    """Insert one epoch's row and, if it was new and `moved` is given, move its
+    session's columns, on this thread's own driver connection (_epoch_writer).
+    Through Django's atomic() and cursors this was ~0.5 ms of a worker's 5 ms
+    epoch (bench/NOTES.md). Outside an atomic block only: the transaction is this
+    function's own.
+
+    The row alone is one autocommit INSERT: SQLite takes the write lock when that
+    statement starts and commits when it ends, what BEGIN IMMEDIATE and COMMIT
+    around it did in three statements (three GIL hand-backs). With the UPDATE the
+    two run between BEGIN IMMEDIATE and COMMIT (both write: take the write lock
+    up front rather than fail to upgrade a read lock midway)."""
     values = [prep(getattr(row, name), connection) for name, prep in _epoch_preps()]
-    update_sql, update_params = _session_update(connection, row.session_id, moved)
+    insert = (_sqlite_epoch_insert_sql(), [*values, row.session_id])
     with connection.wrap_database_errors:
         database = _epoch_writer(connection)
         cursor = database.cursor()
         try:
-            _begin_immediate(connection, cursor)
-            cursor.execute(_sqlite_epoch_insert_sql(), [*values, row.session_id])
-            # Its row count, not RETURNING: fetching the returned row is one more
-            # step with the GIL let go and taken back while the write lock is
-            # held, and with 10 runs in a worker each retaking waits its turn.
-            inserted = cursor.rowcount == 1
-            if inserted:
-                cursor.execute(update_sql.replace("%s", "?"), update_params)
-            cursor.execute("COMMIT")
+            if moved is None:
+                _execute_when_unlocked(connection, cursor, *insert)
+                # Its row count, not RETURNING: fetching the returned row is
+                # one more step with the GIL let go and taken back.
+                inserted = cursor.rowcount == 1
+            else:
+                update_sql, update_params = _session_update(
+                    connection, row.session_id, moved
+                )
+                _execute_when_unlocked(connection, cursor, "BEGIN IMMEDIATE")
+                cursor.execute(*insert)
+                inserted = cursor.rowcount == 1
+                if inserted:
+                    cursor.execute(update_sql.replace("%s", "?"), update_params)
+                cursor.execute("COMMIT")
         except BaseException:
             cursor.close()
             # Closed rather than rolled back: a failure here may have been the
@@ -862,7 +917,7 @@ _epoch_writers = threading.local()
 
 def _epoch_writer(connection: Any) -> sqlite3.Connection:
     """The calling thread's own SQLite connection for epoch saves: autocommit, and
-    no busy timeout, so _begin_immediate does the waiting without the two PRAGMA
+    no busy timeout, so _execute_when_unlocked does the waiting without the two PRAGMA
     statements per save that switching the shared connection's timeout took.
 
     Every statement hands the GIL back and waits to retake it; with ten runs in one
@@ -887,25 +942,30 @@ def _epoch_writer(connection: Any) -> sqlite3.Connection:
 SQLITE_LOCK_RETRY_SECONDS = 0.001
 
 
-def _begin_immediate(connection: Any, cursor: sqlite3.Cursor) -> None:
-    """BEGIN IMMEDIATE (both statements write: take the write lock up front rather
-    than fail to upgrade a read lock midway), trying every millisecond while
-    another writer holds the lock, for up to the settings' busy timeout (the
-    connection itself has none: _epoch_writer).
+def _execute_when_unlocked(
+    connection: Any, cursor: sqlite3.Cursor, sql: str, params: Sequence[Any] = ()
+) -> None:
+    """Execute a statement that takes SQLite's write lock first (BEGIN IMMEDIATE,
+    or a write in autocommit mode), trying every millisecond while another writer
+    holds the lock, for up to the settings' busy timeout (the connection itself
+    has none: _epoch_writer). A statement refused for the lock did nothing, so
+    trying it again is safe.
 
     SQLite's own busy handler sleeps 1, 2, 5 ... 100 ms between tries, so with ten
     runs in one worker a save that lost a few times waited ~1 s (the 10-runs p99,
-    bench/NOTES.md). Only the BEGIN waits: once it holds the lock, nothing in
-    the transaction waits for another connection in WAL mode.
+    bench/NOTES.md). Only taking the lock waits: once it holds the lock, nothing
+    in the transaction waits for another connection in WAL mode.
     """
     timeout = connection.settings_dict["OPTIONS"].get("timeout", 5)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(sql, params)
             return
         except sqlite3.OperationalError as exc:
-            busy = exc.sqlite_errorcode == sqlite3.SQLITE_BUSY
+            # The extended code too: SQLITE_BUSY_SNAPSHOT, when a write in
+            # autocommit mode found that another writer committed as it began.
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
             if not busy or time.monotonic() >= deadline:
                 raise
         time.sleep(SQLITE_LOCK_RETRY_SECONDS)  # another writer's commit

@@ -88,16 +88,35 @@ class _Progress:
         }
 
 
+# How often a run's session row gets its counters (current_epoch, final_metrics,
+# ...) while it trains. The epoch rows, written every epoch, are what pages and
+# the API read for the history; the counters lag by at most this and are written
+# before the final status. On SQLite an epoch without the session's UPDATE is one
+# statement instead of four, and with 10 runs in a worker each statement waits
+# for the GIL behind the other training threads (bench/NOTES.md).
+PROGRESS_WRITE_SECONDS = 0.25
+
+
 def _save_epoch(session: TrainingSession, result: Any, stats: dict[str, Any]) -> None:
     """Save one trained epoch, then push it; its event is stored in a batch."""
     finished = now()
     row = _retrying(
         lambda: session.record_epoch(
-            result.epoch, result.metrics, result.duration, finished
+            result.epoch,
+            result.metrics,
+            result.duration,
+            finished,
+            progress_every=PROGRESS_WRITE_SECONDS,
         ),
         f"saving epoch {result.epoch} of session {session.pk}",
     )
     events.push_trained(session, row, stats)
+
+
+def _save_progress(session: TrainingSession) -> None:
+    """The counters record_epoch kept back, before the final status: whoever sees
+    a finished run finds them counting every stored epoch."""
+    _retrying(session.save_progress, f"saving the progress of session {session.pk}")
 
 
 # How stale the status behind should_stop may be: a stop request (or a session
@@ -200,13 +219,16 @@ def run_training(self: Any, session_id: int) -> str:
         )
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()
+        _save_progress(session)
         _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
         message = f"Training crashed: {type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
+        _save_progress(session)
         _retrying(lambda: session.mark_failed(message, trace), "failing the session")
     else:
+        _save_progress(session)
         if result.stopped:
             _retrying(lambda: session.mark_stopped(result.report), "stopping")
         else:

@@ -57,3 +57,21 @@ def test_a_push_while_redis_is_unreachable_raises():
     else:
         raise AssertionError("a push to an unreachable Redis must raise")
     assert publisher.connection is None
+
+
+def test_an_events_text_is_json_every_parser_takes():
+    import json
+
+    import numpy as np
+
+    event = {"type": "training_progress", "metrics": {"loss": np.float64(0.25)}}
+    assert json.loads(events._json(event)) == {
+        "type": "training_progress",
+        "metrics": {"loss": 0.25},
+    }
+    # NaN is not JSON: null, as the history's JSON writes it.
+    assert json.loads(events._json({"metrics": {"loss": float("nan")}})) == {
+        "metrics": {"loss": None}
+    }
+    # Beyond orjson's 64 bits: json's text.
+    assert events._json({"epoch": 2**70}) == '{"epoch": 1180591620717411303424}'

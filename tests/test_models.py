@@ -324,6 +324,25 @@ def test_a_silent_running_session_is_failed_as_lost_keeping_its_epochs(make_sess
     assert not session.mark_lost(timedelta(seconds=30))  # already failed
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_sessions_counters_come_from_its_stored_epochs(make_session):
+    # The worker writes its counters less often than its epochs; one killed
+    # in between left them behind the rows.
+    session = make_session()
+    session.mark_running("t")
+    for epoch, accuracy in [(1, 0.5), (2, 0.9), (3, 0.7)]:
+        session.record_epoch(epoch, {"val_accuracy": accuracy}, progress_every=60)
+    TrainingSession.objects.filter(pk=session.pk).update(
+        heartbeat_at=now() - timedelta(seconds=45)
+    )
+    lost = TrainingSession.objects.get(pk=session.pk)
+    assert lost.current_epoch == 1
+    assert lost.mark_lost(timedelta(seconds=30))
+    assert (lost.current_epoch, lost.best_val_accuracy) == (3, 0.9)
+    assert lost.final_metrics == lost.epochs.get(epoch=3).metrics
+    assert lost.final_metrics["val_accuracy"] == 0.7
+
+
 def test_a_session_that_beats_is_not_lost(make_session):
     session = make_session()
     session.mark_running("t")
@@ -369,6 +388,33 @@ def test_the_workers_epoch_save_outside_a_transaction(make_session):
     assert session.final_metrics["val_accuracy"] == 0.5
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_counters_can_be_written_less_often_than_its_epochs(
+    make_session,
+):
+    session = make_session(total_epochs=4)
+    session.mark_running("task-1")
+    session.record_epoch(1, {"val_accuracy": 0.5}, progress_every=60)
+    session.record_epoch(2, {"val_accuracy": 0.9}, progress_every=60)
+    session.record_epoch(3, {"val_accuracy": 0.7}, progress_every=60)
+    # Every epoch is stored; the row's counters are those of the first.
+    assert list(session.epochs.values_list("epoch", flat=True)) == [1, 2, 3]
+    stored = TrainingSession.objects.get(pk=session.pk)
+    assert (stored.current_epoch, stored.best_val_accuracy) == (1, 0.5)
+    # The instance (and so the epoch's event) has them all.
+    assert (session.current_epoch, session.best_val_accuracy) == (3, 0.9)
+    assert session.as_progress_dict()["finalMetrics"]["val_accuracy"] == 0.7
+    session.save_progress()
+    stored.refresh_from_db()
+    assert (stored.current_epoch, stored.best_val_accuracy) == (3, 0.9)
+    assert stored.final_metrics["val_accuracy"] == 0.7
+    assert stored.heartbeat_at == session.heartbeat_at
+    # Due again: the counters are written with the epoch.
+    session.record_epoch(4, {"val_accuracy": 0.8}, progress_every=0)
+    stored.refresh_from_db()
+    assert stored.current_epoch == 4
+
+
 def _hold_sqlite_write_lock(seconds):
     """Another connection takes SQLite's write lock, commits after `seconds`."""
     import sqlite3
@@ -396,6 +442,34 @@ def test_the_workers_epoch_save_waits_for_another_writer(make_session):
     session.record_epoch(1, {"train_loss": 0.5})  # waits for the COMMIT
     release.join()
     assert EpochMetric.objects.filter(session=session).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_workers_epoch_alone_waits_for_another_writer(make_session):
+    # An epoch whose counters are kept back is one INSERT in autocommit mode,
+    # which takes the write lock as it starts: it waits as BEGIN IMMEDIATE does.
+    from django.db import OperationalError, connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's write lock")
+    session = make_session()
+    session.record_epoch(1, {"train_loss": 0.5}, progress_every=60)
+    release = _hold_sqlite_write_lock(0.3)
+    session.record_epoch(2, {"train_loss": 0.4}, progress_every=60)
+    release.join()
+    assert EpochMetric.objects.filter(session=session).count() == 2
+    options = connection.settings_dict["OPTIONS"]
+    saved_timeout = options["timeout"]
+    options["timeout"] = 0.1
+    release = _hold_sqlite_write_lock(1.0)
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            session.record_epoch(3, {"train_loss": 0.3}, progress_every=60)
+    finally:
+        options["timeout"] = saved_timeout
+        release.join()
+    session.record_epoch(3, {"train_loss": 0.3}, progress_every=60)
+    assert EpochMetric.objects.filter(session=session).count() == 3
 
 
 @pytest.mark.django_db(transaction=True)

@@ -24,6 +24,11 @@ def test_it_trains_saves_every_epoch_and_pushes_events(make_session, event_tap):
     assert session.status == TrainingSession.Status.COMPLETED, session.error
     assert "completed after 4 epochs" in summary
     assert list(session.epochs.values_list("epoch", flat=True)) == [1, 2, 3, 4]
+    # The counters the worker writes less often than every epoch are all there
+    # by the final status.
+    last = session.epochs.get(epoch=4)
+    assert session.final_metrics == last.metrics
+    assert session.heartbeat_at >= last.created
     assert session.report["confusionMatrix"]
     received = event_tap.until("training_completed")
     assert [e["type"] for e in received] == (
