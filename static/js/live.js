@@ -328,5 +328,20 @@ window.MLTrack = (function () {
     }
   }
 
-  return { fetchJson, formatSeconds, LiveSocket, EpochStore, MetricChart, PALETTE, smooth };
+  // The session a page should show: `fetched` (a backfill's answer) unless live
+  // events have already taken the page past it. A slow answer can leave the
+  // server before the final event does: it would put a finished run back to
+  // running, or its counters back a few epochs.
+  const ACTIVE = ["queued", "running", "stopping"];
+  function fresher(shown, fetched) {
+    if (!shown || shown.id !== fetched.id) return fetched;
+    if (!ACTIVE.includes(shown.status) && ACTIVE.includes(fetched.status)) return shown;
+    if (ACTIVE.includes(fetched.status) && fetched.currentEpoch < shown.currentEpoch) {
+      return shown;
+    }
+    return fetched;
+  }
+
+  return { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart,
+    PALETTE, smooth };
 })();

@@ -10,7 +10,8 @@
   if (customForm) setUpCustomForm(customForm);
   if (!document.getElementById("focus")) return;
 
-  const { fetchJson, formatSeconds, LiveSocket, EpochStore, MetricChart } = window.MLTrack;
+  const { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart } =
+    window.MLTrack;
   const page = document.getElementById("page").dataset;
   const initial = JSON.parse(document.getElementById("page-data").textContent);
   const ACTIVE = ["queued", "running", "stopping"];
@@ -225,7 +226,7 @@
     if (added) redrawCharts();
     const fresh = await fetchJson(page.sessionUrl + sessionId);
     if (focus && focus.id === sessionId) {
-      focus = fresh.session;
+      focus = fresher(focus, fresh.session);
       renderFocus();
     }
   }

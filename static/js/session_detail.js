@@ -3,7 +3,8 @@
 "use strict";
 
 (function () {
-  const { fetchJson, formatSeconds, LiveSocket, EpochStore, MetricChart } = window.MLTrack;
+  const { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart } =
+    window.MLTrack;
   const page = document.getElementById("page").dataset;
   const initial = JSON.parse(document.getElementById("page-data").textContent);
   const ACTIVE = ["queued", "running", "stopping"];
@@ -139,7 +140,8 @@
     data.epochs.forEach((row) => { if (store.add(row)) added++; });
     if (added) draw();
     const before = session.status;
-    session = (await fetchJson(page.sessionUrl + session.id)).session;
+    const fetched = await fetchJson(page.sessionUrl + session.id);
+    session = fresher(session, fetched.session);
     render();
     if (ACTIVE.includes(before) && !ACTIVE.includes(session.status)) {
       refreshReport().catch(console.warn);

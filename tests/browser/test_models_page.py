@@ -53,6 +53,38 @@ def test_the_custom_form_starts_a_run_that_reaches_100_percent(live_stack, page,
     assert page.console_problems == []
 
 
+def test_a_slow_answer_does_not_take_a_finished_run_back(live_stack, page, alice):
+    # The page asks for the session when a run starts; an answer that arrives
+    # after the run's final event is older than what the page shows.
+    held = []
+
+    def hold_the_first(route):
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route("**/api/ml/training-session/*", hold_the_first)
+    login(page, live_stack.url, "alice", "alice-password-1")
+    page.goto(f"{live_stack.url}/?tab=models")
+    page.select_option("#id_modelType", "logistic")
+    page.select_option("#id_dataset", "iris")
+    page.fill("#id_epochs", "300")
+    page.click("#custom-run button[type=submit]")
+    page.wait_for_selector("#focus-status.status-completed", timeout=120_000)
+    assert page.text_content("#focus-epoch") == "Epoch 300/300"
+    route, answer = held[0]
+    stale = answer.json()["session"]
+    assert stale["status"] == "running" and stale["currentEpoch"] < 300, stale
+    with page.expect_response("**/api/ml/training-session/*"):
+        route.fulfill(response=answer)
+    # Let the page's handler of that answer run.
+    page.evaluate("() => new Promise((done) => setTimeout(done, 200))")
+    assert page.text_content("#focus-epoch") == "Epoch 300/300"
+    assert page.is_visible("#focus-status.status-completed")
+    assert page.console_problems == []
+
+
 def test_the_custom_form_shows_errors_next_to_their_fields(live_stack, page, alice):
     login(page, live_stack.url, "alice", "alice-password-1")
     page.goto(f"{live_stack.url}/?tab=models")
