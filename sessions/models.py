@@ -37,6 +37,61 @@ STANDARD_METRICS = METRIC_NAMES
 _STANDARD_SET = frozenset(STANDARD_METRICS)
 
 
+class _PreparedCursor:
+    """A PostgreSQL cursor whose statements the server parses and plans once per
+    connection (psycopg's prepared statements, server-side binding).
+
+    Django's cursors bind parameters on the client and never prepare (its
+    default, kept for everything else: connection poolers, the ORM's queries).
+    The run-logging API and the worker run the same few statements over and
+    over, where planning was most of their cost: the token's lookup took 0.31
+    ms unprepared and 0.08 ms prepared, and a log call's four statements
+    ~2.5 ms of its ~5 ms in process (bench/NOTES.md).
+    """
+
+    def __init__(self, connection: Any) -> None:
+        import psycopg
+
+        self.connection = connection
+        # Django's own cursor first: it opens the connection and runs the health
+        # check, as any query would.
+        self.django_cursor = connection.cursor()
+        self.cursor = psycopg.Cursor(connection.connection)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.connection.wrap_database_errors:
+            self.cursor.execute(sql, params, prepare=True)
+
+    def fetchone(self) -> Any:
+        with self.connection.wrap_database_errors:
+            return self.cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        with self.connection.wrap_database_errors:
+            return self.cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cursor.close()
+        self.django_cursor.close()
+
+
+def _hot_cursor(connection: Any) -> Any:
+    """A cursor for a statement run on every API call or worker epoch: prepared
+    on PostgreSQL (_PreparedCursor), Django's own elsewhere."""
+    if connection.vendor == "postgresql":
+        connection.ensure_connection()
+        if connection.connection.prepare_threshold is not None:
+            return _PreparedCursor(connection)
+    return connection.cursor()
+
+
 _readers = threading.local()
 
 
@@ -97,7 +152,7 @@ class TrainingSessionQuerySet(models.QuerySet):
         run-logging API reads its run on every call (_reader)."""
         db = connections[self.db]
         select, make = _reader(TrainingSession, db)
-        with db.cursor() as cursor:
+        with _hot_cursor(db) as cursor:
             cursor.execute(
                 f'SELECT {select} FROM "{TrainingSession._meta.db_table}"'
                 ' WHERE "id" = %s AND "owner_id" = %s',
@@ -651,7 +706,7 @@ class TrainingSession(models.Model):
             ),
             self.pk,
         ]
-        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+        with transaction.atomic(savepoint=False), _hot_cursor(connection) as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
         if row is None:
@@ -861,7 +916,7 @@ def _insert_from_json(
         sql, params = _and_update_session(
             connection, sql, params, session_id, session_update
         )
-    with connection.cursor() as cursor:
+    with _hot_cursor(connection) as cursor:
         cursor.execute(sql, params)
         return {epoch for (epoch,) in cursor.fetchall()}
 
@@ -1202,7 +1257,7 @@ class ApiTokenQuerySet(models.QuerySet):
         token_columns, make_token = _reader(ApiToken, db)
         user_columns, make_user = _reader(user_model, db)
         table, users = ApiToken._meta.db_table, user_model._meta.db_table
-        with db.cursor() as cursor:
+        with _hot_cursor(db) as cursor:
             cursor.execute(
                 f'SELECT {token_columns}, {user_columns} FROM "{table}"'
                 f' INNER JOIN "{users}" ON "{users}"."id" = "{table}"."user_id"'
@@ -1304,7 +1359,7 @@ class TrainingEventQuerySet(models.QuerySet):
         )
         returning = f" RETURNING {quote('id')}"
         ids: list[int] = []
-        with connection.cursor() as cursor:
+        with _hot_cursor(connection) as cursor:
             for start in range(0, len(rows), 500):
                 chunk = rows[start : start + 500]
                 values = ", ".join([one_row] * len(chunk))

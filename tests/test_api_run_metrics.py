@@ -317,3 +317,47 @@ def test_a_run_failed_as_lost_comes_back_when_the_script_logs_again(client, auth
 def test_a_run_failed_by_its_script_stays_failed(client, auth, run):
     run.mark_failed("CUDA out of memory")
     assert send(client, run.pk, epochs(1), auth).status_code == 409
+
+
+def test_its_statements_are_prepared_once_on_postgresql(client, auth, run):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    for number in range(1, 4):
+        assert send(client, run.pk, epochs(number), auth).status_code == 200
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [statement for (statement,) in cursor.fetchall()]
+    # The token, the run, the epochs with the run's counters, the event: each
+    # planned once for the three calls.
+    for marker in (
+        'FROM "training_apitoken"',
+        '"training_trainingsession" WHERE "id" = $1 AND "owner_id" = $2',
+        'WITH held AS (SELECT "id", "current_epoch" FROM "training_trainingsession"',
+        'INSERT INTO "training_trainingevent"',
+    ):
+        assert sum(marker in statement for statement in prepared) == 1, prepared
+    assert len(prepared) == len(set(prepared))
+    assert list(run.epochs.values_list("epoch", flat=True)) == [1, 2, 3]
+
+
+def test_a_database_error_in_a_prepared_statement_is_djangos(client, auth, run):
+    from django.db import IntegrityError, connection, transaction
+
+    from sessions.models import _hot_cursor
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    insert = (
+        'INSERT INTO "training_epochmetric" ("epoch", "session_id", "created",'
+        ' "extra") VALUES (%s, %s, now(), %s::jsonb)'
+    )
+    with _hot_cursor(connection) as cursor:
+        cursor.execute(insert, [1, run.pk, "{}"])
+    # The same epoch again breaks the (session, epoch) constraint: the API
+    # catches Django's exceptions, not the driver's.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        with _hot_cursor(connection) as cursor:
+            cursor.execute(insert, [1, run.pk, "{}"])
+    assert run.epochs.count() == 1
