@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -653,24 +654,50 @@ def bench_reading(
 
 def _tracked_fit(
     base: str, token: str, body: dict[str, Any], worker_pid: int
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
     """The run's wall time in the worker, from its start to its final status (the
     training with every epoch saved and pushed, even by a thread that finishes
-    after fit() returns), and the CPU seconds the worker spent meanwhile."""
+    after fit() returns), the CPU seconds the worker spent meanwhile, and the
+    session's id."""
     import psutil
 
     worker = psutil.Process(worker_pid)
     before = sum(worker.cpu_times()[:2])
     (session,) = wait_finished(start_runs(base, token, 1, body))
     cpu = sum(worker.cpu_times()[:2]) - before
-    return (session.finished_at - session.started_at).total_seconds(), cpu
+    return (session.finished_at - session.started_at).total_seconds(), cpu, session.pk
+
+
+def _tracked_between(session_id: int) -> float:
+    """_between for a tracked run, from its stored epochs: each one's `created` is
+    when the worker began saving it, its `duration` the epoch's own work."""
+    from sessions.models import EpochMetric
+
+    rows = EpochMetric.objects.filter(session_id=session_id).order_by("epoch")
+    ends, durations = zip(*rows.values_list("created", "duration"), strict=True)
+    return _between([end.timestamp() for end in ends], list(durations))
+
+
+def _between(ends: list[float], durations: list[float]) -> float:
+    """The time from one epoch's end to the next one's start (the callback's
+    work: saving and pushing, when tracked), as a percentage of an epoch's own
+    work; medians over the run's epochs.
+
+    Measured within one run, it does not move with the machine's speed, which
+    swings the wall-clock pairs by tens of percent (bench/NOTES.md); it leaves
+    out what tracking costs the epochs themselves (caches, the GIL handed to
+    the worker's other threads), which only the wall clock sees.
+    """
+    gaps = [b - a - d for a, b, d in zip(ends, ends[1:], durations[1:], strict=False)]
+    return statistics.median(gaps) / statistics.median(durations) * 100
 
 
 def _direct_fit(
     model_type: str, dataset: str, params: dict, epochs: int
-) -> tuple[float, float]:
-    """The same fit() with a callback that does nothing, in a process set up as a
-    worker is (niceness, thread switch interval): its wall time and CPU seconds."""
+) -> tuple[float, float, float]:
+    """The same fit() with a callback that only notes the time, in a process set
+    up as a worker is (niceness, thread switch interval): its wall time, CPU
+    seconds and _between."""
     return _untracked_pool().apply(
         _fit_untracked, (model_type, dataset, params, epochs)
     )
@@ -700,19 +727,32 @@ def _like_a_worker() -> None:
 
 def _fit_untracked(
     model_type: str, dataset: str, params: dict, epochs: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     from sessions import training
+
+    ends: list[float] = []
+    durations: list[float] = []
+
+    def note(result: training.EpochResult) -> None:
+        ends.append(time.time())
+        durations.append(result.duration)
 
     # The whole call, report included: the tracked run's span (start to final
     # status) includes it too.
     began, before = time.monotonic(), time.process_time()
-    training.fit(model_type, dataset, params, epochs, on_epoch=lambda r: None)
-    return time.monotonic() - began, time.process_time() - before
+    training.fit(model_type, dataset, params, epochs, on_epoch=note)
+    wall, cpu = time.monotonic() - began, time.process_time() - before
+    return wall, cpu, _between(ends, durations)
 
 
 # A 5 % difference hides in the noise of a shared 2-core machine unless tracked and
 # untracked runs alternate many times; the figure is the median of the pairs.
 OVERHEAD_PAIRS = 9
+# The stress case's pairs. On a machine whose speed drifts by up to 2x within
+# seconds (a 300-epoch iris fit alone took 2.3-4.7 s in one minute, 2026-12-05),
+# one pair's ratio spread over -35..+60 %, and the median of 9 moved by 10
+# points from one round to the next (bench/NOTES.md): 25 pairs halve that.
+STRESS_PAIRS = 25
 
 
 def bench_overhead(
@@ -730,27 +770,39 @@ def bench_overhead(
             (model_type, "digits", catalog.DEFAULT_EPOCHS)
             for model_type in catalog.MODEL_TYPES
         ]
-    pairs = repeat if quick else max(repeat, OVERHEAD_PAIRS)
     for model_type, dataset, epochs in configs:
+        pairs = repeat if quick else max(repeat, OVERHEAD_PAIRS)
+        if not quick and model_type == "logistic" and dataset == "iris":
+            pairs = max(repeat, STRESS_PAIRS)
         params, errors = catalog.clean_params(model_type, dataset, {})
         assert not errors, errors
         body = {"modelType": model_type, "dataset": dataset, "epochs": epochs}
         tracked, direct, overhead, cpu_overhead, load = [], [], [], [], []
+        between = []
         _direct_fit(model_type, dataset, params, 5)  # imports out of the CPU count
         worker_pid = services.worker.pid
         for index in range(pairs):
             load.append(os.getloadavg()[0])
             # Alternate the order so a burst of load elsewhere hits both alike.
             if index % 2:
-                plain, plain_cpu = _direct_fit(model_type, dataset, params, epochs)
-                live, live_cpu = _tracked_fit(services.url, token, body, worker_pid)
+                plain, plain_cpu, plain_between = _direct_fit(
+                    model_type, dataset, params, epochs
+                )
+                live, live_cpu, session_id = _tracked_fit(
+                    services.url, token, body, worker_pid
+                )
             else:
-                live, live_cpu = _tracked_fit(services.url, token, body, worker_pid)
-                plain, plain_cpu = _direct_fit(model_type, dataset, params, epochs)
+                live, live_cpu, session_id = _tracked_fit(
+                    services.url, token, body, worker_pid
+                )
+                plain, plain_cpu, plain_between = _direct_fit(
+                    model_type, dataset, params, epochs
+                )
             tracked.append(live)
             direct.append(plain)
             overhead.append((live / plain - 1) * 100)
             cpu_overhead.append((live_cpu / plain_cpu - 1) * 100)
+            between.append(_tracked_between(session_id) - plain_between)
         label = f"{model_type}/{dataset}, {epochs} epochs"
         results.add(
             Figure(
@@ -769,7 +821,7 @@ def bench_overhead(
                 "s",
                 direct,
                 services.label,
-                "training.fit, no-op callback, report included",
+                "training.fit, a callback that notes the time, report included",
             )
         )
         results.add(
@@ -779,8 +831,20 @@ def bench_overhead(
                 "%",
                 overhead,
                 services.label,
-                f"median of {pairs} alternating pairs; 1-min load average "
+                f"median of {pairs} alternating pairs (middle half "
+                f"{_middle_half(overhead)}); 1-min load average "
                 f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
+            )
+        )
+        results.add(
+            Figure(
+                "overhead",
+                f"tracking time between epochs, {label}",
+                "%",
+                between,
+                services.label,
+                "of an epoch's own work, tracked minus plain, medians within each "
+                "run: blind to the machine's swings and to indirect costs",
             )
         )
         # Less swayed by other work on the machine than wall time, but blind to
@@ -795,6 +859,13 @@ def bench_overhead(
                 "worker CPU during the run vs fit()'s CPU",
             )
         )
+
+
+def _middle_half(values: list[float]) -> str:
+    """The pairs' interquartile range: how far apart they were, beside the median."""
+    ordered = sorted(values)
+    low, high = ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
+    return f"{low:.1f} to {high:.1f}"
 
 
 # ---------------------------------------------------------------- memory
