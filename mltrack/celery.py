@@ -36,6 +36,27 @@ def _keep_startup_objects_out_of_collections(**kwargs: object) -> None:
 
 
 @worker_init.connect
+def _one_native_thread_per_run(**kwargs: object) -> None:
+    # Before scikit-learn loads NumPy's BLAS (worker_ready): the libraries read
+    # these once, when they load.
+    from django.conf import settings
+
+    limit_native_threads(settings.MLTRACK_WORKER_BLAS_THREADS)
+
+
+def limit_native_threads(count: int) -> None:
+    """Cap BLAS and OpenMP threads, unless the environment already does.
+
+    They default to one thread per core for each call, and a worker runs several
+    trainings at once: with two runs on two cores each matrix product spun up
+    threads that waited for each other, and small models slowed down even alone
+    (mlp/digits 0.76 s with the default, 0.40 s with one thread, bench/NOTES.md).
+    """
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(count))
+
+
+@worker_init.connect
 def _train_below_the_web_process(**kwargs: object) -> None:
     # Training is batch work that can keep every core busy; the web process and
     # Redis must not queue behind it, or live events arrive late. The pool's

@@ -153,3 +153,35 @@ def test_a_long_run_s_chart_is_stored_when_it_finishes(alice):
     assert len(json.loads(stored.text)["epochs"]) <= metrics.CHART_MAX_POINTS
     # A short run is never thinned, so there is nothing worth storing.
     assert not StoredChart.objects.filter(session=short).exists()
+
+
+def test_a_worker_gives_each_run_one_blas_thread():
+    # What the worker's start does (worker_init), then what its first run loads:
+    # each run's matrix products must stay on its own thread.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup()\n"
+        "from celery.signals import worker_init\n"
+        "import mltrack.celery\n"
+        "worker_init.send(sender=None)\n"
+        "import numpy, threadpoolctl\n"
+        "numpy.ones((200, 200)) @ numpy.ones((200, 200))\n"
+        "print(sorted({p['num_threads'] for p in threadpoolctl.threadpool_info()}))\n"
+    )
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    answer = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MLTRACK_WORKER_NICENESS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert answer.stdout.strip() == "[1]", answer.stderr
