@@ -721,9 +721,6 @@ def _like_a_worker() -> None:
     django.setup()
     from django.conf import settings
 
-    from mltrack.celery import limit_native_threads
-
-    limit_native_threads(settings.MLTRACK_WORKER_BLAS_THREADS)
     os.nice(settings.MLTRACK_WORKER_NICENESS)
     sys.setswitchinterval(settings.MLTRACK_WORKER_SWITCH_MICROSECONDS / 1e6)
 

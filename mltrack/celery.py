@@ -7,7 +7,29 @@ import sys
 from celery import Celery
 from celery.signals import worker_init, worker_ready
 
+from mltrack.settings import env_int
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
+
+
+def limit_native_threads(count: int) -> None:
+    """Cap BLAS and OpenMP threads, unless the environment already does.
+
+    They default to one thread per core for each call, and a worker trains
+    several runs at once, one per thread: with two runs on two cores each matrix
+    product spun up threads that waited for each other, and small models slowed
+    down even alone (mlp/digits 0.76 s with the default, 0.40 s with one thread,
+    bench/NOTES.md).
+    """
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, str(count))
+
+
+# Here, when the worker (or any process) first imports mltrack: the libraries
+# read these once, as they load, and the worker's task modules load NumPy before
+# any of Celery's signals (sessions.tasks -> metrics -> downsample). The web
+# process gets the same cap; its NumPy work (thinning charts) is single-threaded.
+limit_native_threads(env_int("MLTRACK_WORKER_BLAS_THREADS", 1, minimum=1))
 
 app = Celery("mltrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -33,27 +55,6 @@ def _keep_startup_objects_out_of_collections(**kwargs: object) -> None:
 
     training.import_libraries()
     gc.freeze()
-
-
-@worker_init.connect
-def _one_native_thread_per_run(**kwargs: object) -> None:
-    # Before scikit-learn loads NumPy's BLAS (worker_ready): the libraries read
-    # these once, when they load.
-    from django.conf import settings
-
-    limit_native_threads(settings.MLTRACK_WORKER_BLAS_THREADS)
-
-
-def limit_native_threads(count: int) -> None:
-    """Cap BLAS and OpenMP threads, unless the environment already does.
-
-    They default to one thread per core for each call, and a worker runs several
-    trainings at once: with two runs on two cores each matrix product spun up
-    threads that waited for each other, and small models slowed down even alone
-    (mlp/digits 0.76 s with the default, 0.40 s with one thread, bench/NOTES.md).
-    """
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, str(count))
 
 
 @worker_init.connect

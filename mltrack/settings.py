@@ -253,12 +253,6 @@ MLTRACK_WORKER_NICENESS = env_int("MLTRACK_WORKER_NICENESS", 10, minimum=0)
 MLTRACK_WORKER_SWITCH_MICROSECONDS = env_int(
     "MLTRACK_WORKER_SWITCH_MICROSECONDS", 100, minimum=1
 )
-# Threads each run's BLAS and OpenMP code may use (OPENBLAS_NUM_THREADS,
-# OMP_NUM_THREADS, MKL_NUM_THREADS, unless set in the worker's environment). The
-# worker trains several runs at once, one per thread: with the libraries' default
-# of one thread per core each, they fought over the cores, and an mlp/digits run
-# took 0.76 s instead of 0.40 s even alone (mltrack/celery.py, bench/NOTES.md).
-MLTRACK_WORKER_BLAS_THREADS = env_int("MLTRACK_WORKER_BLAS_THREADS", 1, minimum=1)
 # How long the worker keeps retrying a write while the database is unavailable or
 # locked before it gives up on the run.
 MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)

@@ -156,18 +156,17 @@ def test_a_long_run_s_chart_is_stored_when_it_finishes(alice):
 
 
 def test_a_worker_gives_each_run_one_blas_thread():
-    # What the worker's start does (worker_init), then what its first run loads:
-    # each run's matrix products must stay on its own thread.
+    # What `celery -A mltrack worker` loads, in its order: the package, Django,
+    # the task modules (which load NumPy), then a run's libraries. Each run's
+    # matrix products must stay on its own thread.
     import os
     import subprocess
     import sys
 
     code = (
-        "import django; django.setup()\n"
-        "from celery.signals import worker_init\n"
-        "import mltrack.celery\n"
-        "worker_init.send(sender=None)\n"
-        "import numpy, threadpoolctl\n"
+        "import mltrack, django; django.setup()\n"
+        "import sessions.tasks, numpy, threadpoolctl\n"
+        "from sessions import training; training.import_libraries()\n"
         "numpy.ones((200, 200)) @ numpy.ones((200, 200))\n"
         "print(sorted({p['num_threads'] for p in threadpoolctl.threadpool_info()}))\n"
     )
