@@ -1,4 +1,5 @@
 import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -444,6 +445,26 @@ def test_the_workers_epoch_save_waits_for_another_writer(make_session):
     assert EpochMetric.objects.filter(session=session).count() == 1
 
 
+@contextmanager
+def _locked_past_the_busy_timeout():
+    """Another connection holds SQLite's write lock for 1 s while this one's busy
+    timeout is 0.1 s: a save must fail with "locked" and leave nothing behind."""
+    from django.db import OperationalError, connection
+
+    options = connection.settings_dict["OPTIONS"]
+    saved_timeout = options["timeout"]
+    options["timeout"] = 0.1
+    release = _hold_sqlite_write_lock(1.0)
+    try:
+        yield
+    except OperationalError as exc:
+        assert "locked" in str(exc)
+        raise
+    finally:
+        options["timeout"] = saved_timeout
+        release.join()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_workers_epoch_alone_waits_for_another_writer(make_session):
     # An epoch whose counters are kept back is one INSERT in autocommit mode,
@@ -458,16 +479,8 @@ def test_the_workers_epoch_alone_waits_for_another_writer(make_session):
     session.record_epoch(2, {"train_loss": 0.4}, progress_every=60)
     release.join()
     assert EpochMetric.objects.filter(session=session).count() == 2
-    options = connection.settings_dict["OPTIONS"]
-    saved_timeout = options["timeout"]
-    options["timeout"] = 0.1
-    release = _hold_sqlite_write_lock(1.0)
-    try:
-        with pytest.raises(OperationalError, match="locked"):
-            session.record_epoch(3, {"train_loss": 0.3}, progress_every=60)
-    finally:
-        options["timeout"] = saved_timeout
-        release.join()
+    with _locked_past_the_busy_timeout(), pytest.raises(OperationalError):
+        session.record_epoch(3, {"train_loss": 0.3}, progress_every=60)
     session.record_epoch(3, {"train_loss": 0.3}, progress_every=60)
     assert EpochMetric.objects.filter(session=session).count() == 3
 
@@ -479,16 +492,8 @@ def test_the_workers_epoch_save_gives_up_after_the_busy_timeout(make_session):
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's write lock")
     session = make_session()
-    options = connection.settings_dict["OPTIONS"]
-    saved_timeout = options["timeout"]
-    options["timeout"] = 0.1
-    release = _hold_sqlite_write_lock(1.0)
-    try:
-        with pytest.raises(OperationalError, match="locked"):
-            session.record_epoch(1, {"train_loss": 0.5})
-    finally:
-        options["timeout"] = saved_timeout
-        release.join()
+    with _locked_past_the_busy_timeout(), pytest.raises(OperationalError):
+        session.record_epoch(1, {"train_loss": 0.5})
     # Nothing was half written, and the connection works again.
     assert not connection.connection.in_transaction
     session.record_epoch(1, {"train_loss": 0.5})
