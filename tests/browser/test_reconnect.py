@@ -24,16 +24,25 @@ CHART_EPOCHS = (
 
 
 def _start_slow_run(page, base_url: str) -> None:
-    """A run of a few seconds per ten epochs, long enough to restart things in."""
+    """A run of about ten seconds, long enough to restart things in. (20,000
+    samples took ~6 s until each run got one BLAS thread; then 2 s, and the run
+    could end during the outage.)"""
     page.goto(f"{base_url}/?tab=models")
     page.select_option("#id_modelType", "logistic")
     page.select_option("#id_dataset", "synthetic")
-    page.fill("#param-synthetic-samples", "20000")
+    page.fill("#param-synthetic-samples", "100000")
     page.fill("#id_epochs", str(EPOCHS))
     page.click("#custom-run button[type=submit]")
 
 
 def _assert_every_epoch_once(page) -> None:
+    # The final status can arrive by the socket while the backfill that fetches
+    # the missed epochs is still on its way: wait for the charts to fill, then
+    # check that no epoch is missing or shown twice.
+    page.wait_for_function(
+        f"{CHART_EPOCHS}.every((c) => c.every((xs) => xs.length >= {EPOCHS}))",
+        timeout=30_000,
+    )
     for chart in page.evaluate(CHART_EPOCHS):
         for xs in chart:
             assert xs == list(range(1, EPOCHS + 1))
