@@ -6,8 +6,7 @@ import sys
 
 from celery import Celery
 from celery.signals import worker_init, worker_ready
-
-from mltrack.settings import env_int
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
@@ -29,7 +28,18 @@ def limit_native_threads(count: int) -> None:
 # read these once, as they load, and the worker's task modules load NumPy before
 # any of Celery's signals (sessions.tasks -> metrics -> downsample). The web
 # process gets the same cap; its NumPy work (thinning charts) is single-threaded.
-limit_native_threads(env_int("MLTRACK_WORKER_BLAS_THREADS", 1, minimum=1))
+def _blas_threads() -> int:
+    # Read here, not from the settings: importing them this early would fix them
+    # before mltrack/asgi.py sets the web process's defaults (DB_CONN_MAX_AGE).
+    value = os.getenv("MLTRACK_WORKER_BLAS_THREADS") or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ImproperlyConfigured(
+            f"MLTRACK_WORKER_BLAS_THREADS must be a whole number >= 1, not {value!r}"
+        )
+    return int(value)
+
+
+limit_native_threads(_blas_threads())
 
 app = Celery("mltrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
