@@ -15,7 +15,6 @@ nothing, Redis up or down.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
@@ -25,13 +24,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
-import orjson
 import redis
 import redis.asyncio
 from django.conf import settings
 from django.db import connection, transaction
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from sessions.metrics import json_text
 
 if TYPE_CHECKING:
     from sessions.models import EpochMetric, TrainingSession
@@ -120,20 +120,9 @@ def push_trained(
     """Announce an epoch the worker has just saved: to viewers at once, to the
     event table in a batch, off the training thread (_EventWriter)."""
     event = _epoch_event(session, row, stats)
-    text = _json(event)
+    text = json_text(event)
     _push(session, event["type"], text)
     _writer().add(session, event["type"], text)
-
-
-def _json(event: TrainingEvent) -> str:
-    """An event's JSON text, by orjson: ~2 us for an epoch's event where json took
-    ~18 us, on the training thread every epoch. NaN becomes null (json wrote NaN,
-    which browsers' JSON.parse refuses); numpy numbers go through float();
-    integers beyond 64 bits (an external run may log one) go to json."""
-    try:
-        return orjson.dumps(event, default=float).decode()
-    except TypeError:
-        return json.dumps(event)
 
 
 def _epoch_event(
@@ -171,7 +160,7 @@ def push_epochs(
         for event in batch:
             _send(session, event)
         return
-    texts = [(event["type"], _json(event)) for event in batch]
+    texts = [(event["type"], json_text(event)) for event in batch]
     _writer().flush()  # keep the table in event order, as _send does
     _store([(session, kind, text) for kind, text in texts])
 
@@ -250,7 +239,7 @@ def _store(items: Sequence[StoredItem]) -> None:
 
 
 def _send(session: TrainingSession, event: TrainingEvent) -> None:
-    kind, text = event["type"], _json(event)
+    kind, text = event["type"], json_text(event)
     progress = kind == "training_progress"
     if progress:
         _push(session, kind, text)  # viewers first, pollers second

@@ -64,14 +64,16 @@ def test_an_events_text_is_json_every_parser_takes():
 
     import numpy as np
 
+    from sessions.metrics import json_text
+
     event = {"type": "training_progress", "metrics": {"loss": np.float64(0.25)}}
-    assert json.loads(events._json(event)) == {
+    assert json.loads(json_text(event)) == {
         "type": "training_progress",
         "metrics": {"loss": 0.25},
     }
     # NaN is not JSON: null, as the history's JSON writes it.
-    assert json.loads(events._json({"metrics": {"loss": float("nan")}})) == {
+    assert json.loads(json_text({"metrics": {"loss": float("nan")}})) == {
         "metrics": {"loss": None}
     }
     # Beyond orjson's 64 bits: json's text.
-    assert events._json({"epoch": 2**70}) == '{"epoch": 1180591620717411303424}'
+    assert json_text({"epoch": 2**70}) == '{"epoch": 1180591620717411303424}'
