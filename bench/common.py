@@ -107,6 +107,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+def middle_half(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles: how far apart most runs were."""
+    return percentile(values, 0.25), percentile(values, 0.75)
+
+
 class Http:
     """One keep-alive HTTP/1.1 connection, as a browser or a client library keeps."""
 

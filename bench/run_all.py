@@ -30,7 +30,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, VAR, Figure, fmt, machine, pg_available  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    VAR,
+    Figure,
+    fmt,
+    machine,
+    middle_half,
+    pg_available,
+)
 
 DEFAULT_PEERS_PYTHON = "/work/peers-venv/bin/python"
 REPORT = ROOT / "docs" / "PERFORMANCE.md"
@@ -146,8 +154,7 @@ def _resolved(figure: Figure, spread: float) -> bool | None:
     by more than `spread`. The middle half, not min to max: with the 25 pairs of
     the stress row a single pair caught in one of the machine's swings would
     otherwise decide, and more pairs could only make it worse."""
-    ordered = sorted(figure.values)
-    low, high = ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
+    low, high = middle_half(figure.values)
     return True if high - low <= spread else None
 
 

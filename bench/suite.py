@@ -32,6 +32,7 @@ from bench.common import (  # noqa: E402
     Figure,
     Http,
     Results,
+    middle_half,
     percentile,
     pg_drop,
     pg_recreate,
@@ -804,6 +805,7 @@ def bench_overhead(
             cpu_overhead.append((live_cpu / plain_cpu - 1) * 100)
             between.append(_tracked_between(session_id) - plain_between)
         label = f"{model_type}/{dataset}, {epochs} epochs"
+        low, high = middle_half(overhead)
         results.add(
             Figure(
                 "overhead",
@@ -832,7 +834,7 @@ def bench_overhead(
                 overhead,
                 services.label,
                 f"median of {pairs} alternating pairs (middle half "
-                f"{_middle_half(overhead)}); 1-min load average "
+                f"{low:.1f} to {high:.1f}); 1-min load average "
                 f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
             )
         )
@@ -859,13 +861,6 @@ def bench_overhead(
                 "worker CPU during the run vs fit()'s CPU",
             )
         )
-
-
-def _middle_half(values: list[float]) -> str:
-    """The pairs' interquartile range: how far apart they were, beside the median."""
-    ordered = sorted(values)
-    low, high = ordered[len(ordered) // 4], ordered[(3 * len(ordered)) // 4]
-    return f"{low:.1f} to {high:.1f}"
 
 
 # ---------------------------------------------------------------- memory
