@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mltrack.settings")
 
 
-def limit_native_threads(count: int) -> None:
+def _limit_native_threads(count: int) -> None:
     """Cap BLAS and OpenMP threads, unless the environment already does.
 
     They default to one thread per core for each call, and a worker trains
@@ -24,10 +24,6 @@ def limit_native_threads(count: int) -> None:
         os.environ.setdefault(name, str(count))
 
 
-# Here, when the worker (or any process) first imports mltrack: the libraries
-# read these once, as they load, and the worker's task modules load NumPy before
-# any of Celery's signals (sessions.tasks -> metrics -> downsample). The web
-# process gets the same cap; its NumPy work (thinning charts) is single-threaded.
 def _blas_threads() -> int:
     # Read here, not from the settings: importing them this early would fix them
     # before mltrack/asgi.py sets the web process's defaults (DB_CONN_MAX_AGE).
@@ -39,7 +35,11 @@ def _blas_threads() -> int:
     return int(value)
 
 
-limit_native_threads(_blas_threads())
+# Here, when the worker (or any process) first imports mltrack: the libraries
+# read these once, as they load, and the worker's task modules load NumPy before
+# any of Celery's signals (sessions.tasks -> metrics -> downsample). The web
+# process gets the same cap; its NumPy work (thinning charts) is single-threaded.
+_limit_native_threads(_blas_threads())
 
 app = Celery("mltrack")
 app.config_from_object("django.conf:settings", namespace="CELERY")
