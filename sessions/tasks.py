@@ -245,7 +245,6 @@ def run_training(self: Any, session_id: int) -> str:
     return f"session {session_id} {session.status} after {session.current_epoch} epochs"
 
 
-
 def _load_malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
     name = ctypes.util.find_library("c")

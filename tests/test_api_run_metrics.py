@@ -72,6 +72,14 @@ def test_it_stores_every_number_exactly_as_sent(client, auth, run):
     assert [float(row.extra["custom"]) for row in rows] == [float(v) for v in values]
 
 
+def test_an_integer_beyond_64_bits_is_stored_exactly(client, auth, run):
+    # The body parser (orjson) would read it as a float: such a body goes to json.
+    big = 2**64 + 1
+    body = {"epochs": [{"epoch": 1, "metrics": {"val_loss": 0.5, "count": big}}]}
+    assert send(client, run.pk, body, auth).json()["stored"] == 1
+    assert run.epochs.get().extra == {"count": big}
+
+
 def test_epochs_of_one_batch_may_log_different_metrics(client, auth, run):
     body = {
         "epochs": [
