@@ -910,6 +910,29 @@ def bench_memory(
     )
     for name, values in parts.items():
         results.add(Figure("memory", f"RSS of {name}", "MB", values, services.label))
+    # The same processes after a run of each model type (the Models page's quick
+    # buttons): what a worker holds once it has trained everything it offers.
+    from sessions import catalog
+
+    for model_type in catalog.MODEL_TYPES:
+        body = {
+            "modelType": model_type,
+            "dataset": "digits",
+            "epochs": 2 if quick else catalog.DEFAULT_EPOCHS,
+        }
+        wait_finished(start_runs(services.url, token, 1, body))
+    after_all = tree_memory(list(pids.values()))
+    results.add(
+        Figure(
+            "memory",
+            "RSS of daphne + worker + redis after a run of each model type",
+            "MB",
+            [after_all["rss"]],
+            services.label,
+            f"worker {tree_memory([pids['worker']])['rss']:.0f} MB; "
+            f"PSS {after_all['pss']:.0f} MB",
+        )
+    )
 
 
 # ---------------------------------------------------------------- browser
