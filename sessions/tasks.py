@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -12,7 +10,6 @@ from typing import Any, TypeVar
 
 import psutil
 from celery import shared_task
-from celery.signals import task_postrun
 from django.conf import settings
 from django.db import (
     InterfaceError,
@@ -243,29 +240,6 @@ def run_training(self: Any, session_id: int) -> str:
     # After the final status, so neither the run's time nor its viewers wait.
     store_chart_if_long(session)
     return f"session {session_id} {session.status} after {session.current_epoch} epochs"
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
-
-
-@task_postrun.connect(sender=run_training)
-def _give_freed_memory_back(**kwargs: Any) -> None:
-    # A run's data, model and arrays are freed when it ends, but glibc keeps
-    # most of the freed memory in its heaps (one per training thread) for reuse,
-    # so the worker stayed as large as its largest run: ~200 MB after one run
-    # of each model type, ~181 MB after trimming (bench/NOTES.md). A few
-    # milliseconds once a run, against a run's seconds.
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def store_chart_if_long(session: TrainingSession) -> None:
