@@ -42,6 +42,8 @@ from bench.common import (  # noqa: E402
 
 DEFAULT_PEERS_PYTHON = "/work/peers-venv/bin/python"
 REPORT = ROOT / "docs" / "PERFORMANCE.md"
+# What a full run was (time, length, machine, commands), for --saved.
+RUN_INFO = VAR / "run.json"
 NOTES = Path(__file__).resolve().parent / "NOTES.md"
 
 
@@ -356,9 +358,14 @@ def report(figures: list[Figure], context: dict[str, Any]) -> str:
         "Written by `scripts/bench` (bench/run_all.py): run it again, do not edit.",
         "",
         (
-            f"Rebuilt {context['date']} from the figures its runs saved."
-            if context.get("saved")
-            else f"Measured {context['date']} in {context['seconds']:.0f} s."
+            f"Measured {context['date']} in {context['seconds']:.0f} s."
+            if "seconds" in context
+            else "Figures from an earlier run."
+        )
+        + (
+            f" Rebuilt {context['rebuilt']} from the figures that run saved."
+            if context.get("rebuilt")
+            else ""
         )
         + " Each figure is the "
         "median of several runs, with the min and max of those runs and their count n.",
@@ -510,14 +517,23 @@ def main() -> None:
         ]
         context["commands"].append(shlex.join(command).replace(f"{ROOT}/", ""))
         figures += run_json(command, out, args.saved)
-    context["saved"] = args.saved
-    if args.saved:
+    if args.saved and RUN_INFO.exists():
+        # The run's own time, length, machine state and commands, not the rebuild's.
+        run = json.loads(RUN_INFO.read_text())
+        context.update(run, rebuilt=date)
+        context["commands"].append("# report rebuilt with: scripts/bench --saved")
+    elif args.saved:
+        context["rebuilt"] = date
         context["commands"].append("# figures loaded from the last run of the above")
     for extra in args.add:
         context["commands"].append(f"# plus the figures of {extra.name}")
         figures += [Figure(**item) for item in json.loads(extra.read_text())]
     context["versions"] = versions(peers_python)
-    context["seconds"] = time.monotonic() - started
+    if not args.saved:
+        context["seconds"] = time.monotonic() - started
+        if not args.quick:
+            keys = ("machine", "date", "seconds", "commands")
+            RUN_INFO.write_text(json.dumps({k: context[k] for k in keys}))
     text = report(figures, context)
     target = args.report or (VAR / "PERFORMANCE-quick.md" if args.quick else REPORT)
     target.parent.mkdir(parents=True, exist_ok=True)
