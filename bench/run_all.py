@@ -234,6 +234,17 @@ def comparisons(figures: list[Figure]) -> list[dict[str, Any]]:
             ">= 5x",
             ratio >= 5 if ratio else None,
         )
+        floor = find(figures, "ingest", "does no work", db)
+        ratio = peer.median / floor.median if floor and peer else None
+        add(
+            f"MLflow log_metric vs an API request that does no work [{db}] "
+            "(the most any log call through Django could be faster by)",
+            floor,
+            peer,
+            ratio,
+            "-",
+            None,
+        )
         ours = find(figures, "reading", "run (maxPoints", db)
         peer = find(figures, "mlflow", "320-point", db)
         ratio = ours.median / peer.median if ours and peer else None

@@ -494,7 +494,7 @@ def bench_ingest(
                 "ingest", name, MISSING.removeprefix("skipped: "), services.label
             )
         return
-    rates, latencies, p99s = [], [], []
+    rates, latencies, p99s, floors = [], [], [], []
     for _ in range(repeat):
         run_id = new_run(batches * 1000)
         started = time.perf_counter()
@@ -519,6 +519,22 @@ def bench_ingest(
             times.append((time.perf_counter() - began) * 1000)
         latencies.append(percentile(times, 0.5))
         p99s.append(percentile(times, 0.99))
+
+        # The same request to an API path with no view behind it: daphne, the
+        # thread hop and Django's request handling with no database work, the
+        # floor under any log call made through Django (bench/NOTES.md).
+        times = []
+        for epoch in range(1, calls + 1):
+            began = time.perf_counter()
+            status, _, _ = client.request(
+                "POST",
+                "/api/ml/no-such-endpoint",
+                {"epochs": [{"epoch": epoch, "metrics": {"train_loss": 1 / epoch}}]},
+            )
+            times.append((time.perf_counter() - began) * 1000)
+            if status != 404:
+                raise RuntimeError(f"an unknown API path answered {status}")
+        floors.append(percentile(times, 0.5))
     client.close()
     results.add(
         Figure(
@@ -543,6 +559,16 @@ def bench_ingest(
     )
     results.add(
         Figure("ingest", "ingest single-epoch call p99", "ms", p99s, services.label)
+    )
+    results.add(
+        Figure(
+            "ingest",
+            "API request that does no work (a JSON 404)",
+            "ms",
+            floors,
+            services.label,
+            f"median of {calls} sequential calls, keep-alive, same body",
+        )
     )
 
 
