@@ -1199,10 +1199,15 @@ class StoredEpochs(Sequence["EpochMetric"]):
 
 
 class EpochMetric(models.Model):
+    # Keyed by (session, epoch): one row per epoch, so a retried save or log
+    # batch cannot duplicate it. A surrogate id beside it was a second index and
+    # a sequence for every row: ~0.8 ms of a 1,000-epoch log batch's ~5 ms
+    # insert on PostgreSQL (bench/NOTES.md).
+    pk = models.CompositePrimaryKey("session_id", "epoch")
     # No foreign-key constraint in the database, and no index of its own: the
     # constraint's check, deferred to the commit and fired once per row, was
-    # ~3.6 ms of a 1,000-epoch log batch on PostgreSQL, and the unique (session,
-    # epoch) index below serves every lookup by session (bench/NOTES.md). Every
+    # ~3.6 ms of a 1,000-epoch log batch on PostgreSQL, and the primary key's
+    # (session, epoch) index serves every lookup by session (bench/NOTES.md). Every
     # INSERT checks that its session exists, under a lock a deletion waits for
     # (_lock_before_delete), and deleting a session still deletes its epochs.
     session = models.ForeignKey(
@@ -1230,12 +1235,6 @@ class EpochMetric(models.Model):
 
     class Meta:
         ordering = ["session", "epoch"]
-        constraints = [
-            # One row per epoch: a retried save or log batch cannot duplicate it.
-            models.UniqueConstraint(
-                fields=["session", "epoch"], name="one_row_per_epoch"
-            ),
-        ]
 
     def __str__(self) -> str:
         return f"session {self.session_id} epoch {self.epoch}"
@@ -1252,7 +1251,6 @@ class EpochMetric(models.Model):
         """An instance of a row as record_epochs stores it: standard metrics in
         their columns, the rest in extra."""
         given = {
-            "id": None,
             "session_id": session_id,
             "epoch": epoch,
             "duration": duration,
