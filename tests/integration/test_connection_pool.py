@@ -120,6 +120,35 @@ def test_a_request_cancelled_in_the_database_gives_its_connection_back(
     assert (event["type"], event["epoch"]) == ("training_progress", 2)
 
 
+def test_a_request_cancelled_in_its_view_does_not_hold_up_the_next(web, alice):
+    # Two request threads, taken last in, first out (mltrack/asgi.py): the
+    # thread of a cancelled request whose view still runs must not be the next
+    # request's, or that request waits for the view.
+    web.env.update(WEB_THREADS="2")
+    web.start_daphne()
+    _, token = ApiToken.issue(alice)
+    run = TrainingSession.objects.start_external(alice, "held", {}, 10, "custom")
+    with transaction.atomic():
+        TrainingSession.objects.select_for_update().get(pk=run.pk)
+        _abandoned_log_call(web, token, run.pk)
+        # The second cancellation ends the request's handling (the first one
+        # waits for the view to close its connections): its thread is given back.
+        _wait_for_cancellations(web, 2, at_most=14)
+        log = (web.log_dir / "daphne.log").read_text(errors="replace")
+        assert log.count(CANCELLED) >= 2
+        # Another request is answered while the view still waits for the row.
+        answer = call(web, "GET", f"/api/ml/training-session/{run.pk}", token)
+        assert answer["session"]["currentEpoch"] == 0
+    # The view goes on once the row is free, and its thread serves again.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = call(web, "GET", f"/api/ml/training-session/{run.pk}", token)
+        if answer["session"]["currentEpoch"] == 1:
+            break
+        time.sleep(0.1)
+    assert answer["session"]["currentEpoch"] == 1
+
+
 def _wait_for_cancellations(running: Stack, count: int, at_most: float) -> None:
     log = running.log_dir / "daphne.log"
     deadline = time.monotonic() + at_most
