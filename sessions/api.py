@@ -257,7 +257,6 @@ def start_training(request: HttpRequest) -> JsonResponse:
         fields = form.field_errors()
         raise ApiError(400, "; ".join(fields.values()), fields)
     session = form.save(owner=request.user)
-    events.push_status(session, "training_status")
     return JsonResponse({"session": session.as_dict()}, status=201)
 
 

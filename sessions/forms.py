@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.conf import settings
 
-from sessions import catalog, training
+from sessions import catalog, events, training
 from sessions.models import TrainingSession
 
 
@@ -162,5 +162,9 @@ class StartTrainingForm(forms.Form):
             data_file=data["csvFile"] if is_csv else "",
             target_column=data["targetColumn"] if is_csv else "",
         )
+        # Announced before a worker can take it: announced after, a fast worker's
+        # "running" reached viewers before "queued" (on SQLite the announcement's
+        # INSERT waited for the worker's write lock).
+        events.push_status(session, "training_status")
         run_training.delay_on_commit(session.pk)
         return session

@@ -229,7 +229,6 @@ def start_training(request: HttpRequest) -> HttpResponse:
         ctx = _models_page_context(request, "models", start_form=form)
         return render(request, "sessions/models_page.html", ctx, status=400)
     session = form.save(owner=request.user)
-    events.push_status(session, "training_status")
     label = catalog.MODEL_TYPES[session.model_type].label
     messages.success(
         request, f"Queued {label} on {session.dataset} as session #{session.pk}."

@@ -94,7 +94,6 @@ class Command(BaseCommand):
                 # The API's message, word for word.
                 raise CommandError("; ".join(form.field_errors().values()))
             session = form.save(owner=owner)
-        events.push_status(session, "training_status")
         label = catalog.MODEL_TYPES[session.model_type].label
         self.stdout.write(
             f"Queued session {session.pk}: {label} on {session.dataset}, "
