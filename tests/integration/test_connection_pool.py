@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 import websockets
@@ -102,16 +103,10 @@ def test_a_request_cancelled_in_the_database_gives_its_connection_back(
 ):
     _, token = ApiToken.issue(alice)
     run = TrainingSession.objects.start_external(alice, "pool", {}, 10, "custom")
-    with transaction.atomic():
-        # Hold the run's row: the log call waits for it inside the database,
-        # holding the pool's only connection, until daphne cancels it.
-        TrainingSession.objects.select_for_update().get(pk=run.pk)
-        _abandoned_log_call(pooled_web, token, run.pk)
-        # Daphne cancels a request still running 10 s after its client left, and
-        # again every second until it ends: the second cancellation is the one
-        # that lost the connection. A request whose view runs on a request
-        # thread ends at once and is never cancelled: hold the row as long.
-        _wait_for_cancellations(pooled_web, 2, at_most=14)
+    # The log call waits for the row inside the database, holding the pool's
+    # only connection, until daphne cancels it.
+    with _log_call_cancelled_while_it_waits(pooled_web, token, run.pk):
+        pass
 
     # The pool has its connection again: a request and a handshake get one.
     answer = call(pooled_web, "GET", f"/api/ml/training-session/{run.pk}", token)
@@ -128,12 +123,9 @@ def test_a_request_cancelled_in_its_view_does_not_hold_up_the_next(web, alice):
     web.start_daphne()
     _, token = ApiToken.issue(alice)
     run = TrainingSession.objects.start_external(alice, "held", {}, 10, "custom")
-    with transaction.atomic():
-        TrainingSession.objects.select_for_update().get(pk=run.pk)
-        _abandoned_log_call(web, token, run.pk)
-        # The second cancellation ends the request's handling (the first one
+    with _log_call_cancelled_while_it_waits(web, token, run.pk):
+        # The second cancellation ended the request's handling (the first one
         # waits for the view to close its connections): its thread is given back.
-        _wait_for_cancellations(web, 2, at_most=14)
         log = (web.log_dir / "daphne.log").read_text(errors="replace")
         assert log.count(CANCELLED) >= 2
         # Another request is answered while the view still waits for the row.
@@ -147,6 +139,21 @@ def test_a_request_cancelled_in_its_view_does_not_hold_up_the_next(web, alice):
             break
         time.sleep(0.1)
     assert answer["session"]["currentEpoch"] == 1
+
+
+@contextmanager
+def _log_call_cancelled_while_it_waits(running: Stack, token: str, session_id: int):
+    """Hold the run's row while a log call for it waits, and its client leaves,
+    until daphne has cancelled the call twice; the row is let go on leaving."""
+    with transaction.atomic():
+        TrainingSession.objects.select_for_update().get(pk=session_id)
+        _abandoned_log_call(running, token, session_id)
+        # Daphne cancels a request still running 10 s after its client left, and
+        # again every second until it ends: the second cancellation is the one
+        # that lost a pooled connection. A request whose view runs on a request
+        # thread ends at once and is never cancelled: hold the row as long.
+        _wait_for_cancellations(running, 2, at_most=14)
+        yield
 
 
 def _wait_for_cancellations(running: Stack, count: int, at_most: float) -> None:
