@@ -320,9 +320,13 @@ def comparisons(figures: list[Figure]) -> list[dict[str, Any]]:
                 "<= 5 %",
                 _resolved(figure, 20) and figure.median <= 5,
             )
-        if figure.bench == "overhead" and figure.name.startswith("tracking time"):
+        if figure.bench == "overhead" and figure.name.startswith(
+            ("tracking time", "overhead against a separate process")
+        ):
             # Steady whatever the machine's speed does, but blind to indirect
-            # costs: beside the wall-clock row, not instead of it.
+            # costs; and the comparison made before session 11, which also
+            # counts the cost of being a Celery worker: beside the wall-clock
+            # row, not instead of it.
             add(figure.name, figure, None, None, "(for information)", None)
     ours = find(figures, "memory", "RSS of daphne + worker + redis")
     peer = find(figures, "mlflow", "server RSS", "sqlite")

@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import viewers  # noqa: E402
+from bench import viewers, worker_tasks  # noqa: E402
 from bench.common import (  # noqa: E402
     PG_BENCH_DB,
     VAR,
@@ -95,6 +95,8 @@ class Services:
             self.logs / f"worker-{self.db}.log",
             name=f"bench-{self.db}",
             concurrency=concurrency,
+            # The overhead bench's untracked fit runs in this worker too.
+            extra_args=("--include", "bench.worker_tasks"),
         )
 
     def stop_worker(self) -> None:
@@ -719,14 +721,45 @@ def _between(ends: list[float], durations: list[float]) -> float:
     return statistics.median(gaps) / statistics.median(durations) * 100
 
 
+def _worker_fit(
+    services: Services, model_type: str, dataset: str, params: dict, epochs: int
+) -> tuple[float, float, float]:
+    """The same fit() with a callback that only notes the time, run by the worker
+    itself (bench/worker_tasks.py): its wall time, the worker's CPU seconds
+    meanwhile (as _tracked_fit counts them) and _between."""
+    import psutil
+    import redis
+
+    from bench.worker_tasks import fit_untracked
+
+    reply_to = f"bench:fit-untracked:{os.getpid()}:{time.monotonic_ns()}"
+    worker = psutil.Process(services.worker.pid)
+    client = redis.Redis.from_url(services.redis_url)
+    try:
+        before = sum(worker.cpu_times()[:2])
+        fit_untracked.delay(model_type, dataset, params, epochs, reply_to)
+        reply = client.blpop([reply_to], timeout=600)
+        cpu = sum(worker.cpu_times()[:2]) - before
+    finally:
+        client.close()
+    if reply is None:
+        raise RuntimeError(f"the worker did not fit {model_type}/{dataset} in 600 s")
+    answer = json.loads(reply[1])
+    return answer["wall"], cpu, _between(answer["ends"], answer["durations"])
+
+
 def _direct_fit(
     model_type: str, dataset: str, params: dict, epochs: int
 ) -> tuple[float, float, float]:
-    """The same fit() with a callback that only notes the time, in a process set
-    up as a worker is (niceness, thread switch interval): its wall time, CPU
-    seconds and _between."""
-    return _untracked_pool().apply(
-        _fit_untracked, (model_type, dataset, params, epochs)
+    """The same fit() in a separate process set up as a worker is (niceness,
+    thread switch interval): its wall time, CPU seconds and _between."""
+    answer = _untracked_pool().apply(
+        worker_tasks.fit_timed, (model_type, dataset, params, epochs)
+    )
+    return (
+        answer["wall"],
+        answer["cpu"],
+        _between(answer["ends"], answer["durations"]),
     )
 
 
@@ -750,26 +783,6 @@ def _like_a_worker() -> None:
 
     os.nice(settings.MLTRACK_WORKER_NICENESS)
     sys.setswitchinterval(settings.MLTRACK_WORKER_SWITCH_MICROSECONDS / 1e6)
-
-
-def _fit_untracked(
-    model_type: str, dataset: str, params: dict, epochs: int
-) -> tuple[float, float, float]:
-    from sessions import training
-
-    ends: list[float] = []
-    durations: list[float] = []
-
-    def note(result: training.EpochResult) -> None:
-        ends.append(time.time())
-        durations.append(result.duration)
-
-    # The whole call, report included: the tracked run's span (start to final
-    # status) includes it too.
-    began, before = time.monotonic(), time.process_time()
-    training.fit(model_type, dataset, params, epochs, on_epoch=note)
-    wall, cpu = time.monotonic() - began, time.process_time() - before
-    return wall, cpu, _between(ends, durations)
 
 
 # A 5 % difference hides in the noise of a shared 2-core machine unless tracked and
@@ -804,89 +817,90 @@ def bench_overhead(
         params, errors = catalog.clean_params(model_type, dataset, {})
         assert not errors, errors
         body = {"modelType": model_type, "dataset": dataset, "epochs": epochs}
-        tracked, direct, overhead, cpu_overhead, load = [], [], [], [], []
-        between = []
-        _direct_fit(model_type, dataset, params, 5)  # imports out of the CPU count
+        tracked, in_worker, apart, load = [], [], [], []
+        overhead, apart_overhead, cpu_overhead, between = [], [], [], []
+        # Imports and first calls out of the figures, on both sides.
+        _worker_fit(services, model_type, dataset, params, 5)
+        _direct_fit(model_type, dataset, params, 5)
         worker_pid = services.worker.pid
+        fit = (model_type, dataset, params, epochs)
+        steps: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+            "tracked": (_tracked_fit, (services.url, token, body, worker_pid)),
+            "worker": (_worker_fit, (services, *fit)),
+            "apart": (_direct_fit, fit),
+        }
         for index in range(pairs):
             load.append(os.getloadavg()[0])
-            # Alternate the order so a burst of load elsewhere hits both alike.
-            if index % 2:
-                plain, plain_cpu, plain_between = _direct_fit(
-                    model_type, dataset, params, epochs
-                )
-                live, live_cpu, session_id = _tracked_fit(
-                    services.url, token, body, worker_pid
-                )
-            else:
-                live, live_cpu, session_id = _tracked_fit(
-                    services.url, token, body, worker_pid
-                )
-                plain, plain_cpu, plain_between = _direct_fit(
-                    model_type, dataset, params, epochs
-                )
+            # Each in turn first, so a burst of load elsewhere hits all alike.
+            order = list(steps)[index % 3 :] + list(steps)[: index % 3]
+            measured = {name: steps[name][0](*steps[name][1]) for name in order}
+            live, live_cpu, session_id = measured["tracked"]
+            plain, plain_cpu, plain_between = measured["worker"]
             tracked.append(live)
-            direct.append(plain)
+            in_worker.append(plain)
+            apart.append(measured["apart"][0])
             overhead.append((live / plain - 1) * 100)
+            apart_overhead.append((live / measured["apart"][0] - 1) * 100)
             cpu_overhead.append((live_cpu / plain_cpu - 1) * 100)
             between.append(_tracked_between(session_id) - plain_between)
         label = f"{model_type}/{dataset}, {epochs} epochs"
         low, high = middle_half(overhead)
-        results.add(
-            Figure(
-                "overhead",
+        figures = [
+            (
                 f"training with live tracking, {label}",
                 "s",
                 tracked,
-                services.label,
                 "worker: start to final status, every epoch saved + pushed",
-            )
-        )
-        results.add(
-            Figure(
-                "overhead",
+            ),
+            (
                 f"same loop, no tracking, {label}",
                 "s",
-                direct,
-                services.label,
-                "training.fit, a callback that notes the time, report included",
-            )
-        )
-        results.add(
-            Figure(
-                "overhead",
+                in_worker,
+                "training.fit in the same worker (a bench-only task), a callback "
+                "that notes the time, report included",
+            ),
+            (
                 f"tracking overhead, {label}",
                 "%",
                 overhead,
-                services.label,
-                f"median of {pairs} alternating pairs (middle half "
-                f"{low:.1f} to {high:.1f}); 1-min load average "
-                f"{min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
-            )
-        )
-        results.add(
-            Figure(
-                "overhead",
+                f"against the same loop in the same worker; median of {pairs} "
+                f"pairs in turn (middle half {low:.1f} to {high:.1f}); 1-min load "
+                f"average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
+            ),
+            (
                 f"tracking time between epochs, {label}",
                 "%",
                 between,
-                services.label,
                 "of an epoch's own work, tracked minus plain, medians within each "
                 "run: blind to the machine's swings and to indirect costs",
-            )
-        )
-        # Less swayed by other work on the machine than wall time, but blind to
-        # work done in parallel: the worker's CPU seconds against the plain fit's.
-        results.add(
-            Figure(
-                "overhead",
+            ),
+            # Less swayed by other work on the machine than wall time, but blind
+            # to work done in parallel: the worker's CPU seconds in both runs.
+            (
                 f"tracking CPU overhead, {label}",
                 "%",
                 cpu_overhead,
-                services.label,
-                "worker CPU during the run vs fit()'s CPU",
-            )
-        )
+                "the worker's CPU during the tracked run vs during the plain fit",
+            ),
+            # The comparison this bench made before session 11: it also counts
+            # what running in a Celery worker at all costs (bench/NOTES.md).
+            (
+                f"same loop, no tracking, in a separate process, {label}",
+                "s",
+                apart,
+                "training.fit in a process set up as a worker is (niceness, "
+                "switch interval), report included",
+            ),
+            (
+                f"overhead against a separate process, {label}",
+                "%",
+                apart_overhead,
+                "tracked run vs the same loop in a separate process set up as a "
+                "worker is: tracking plus the cost of being a Celery worker",
+            ),
+        ]
+        for name, unit, values, note in figures:
+            results.add(Figure("overhead", name, unit, values, services.label, note))
 
 
 # ---------------------------------------------------------------- memory

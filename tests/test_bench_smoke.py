@@ -36,3 +36,32 @@ def test_the_quick_reading_bench_measures_and_writes_a_report(tmp_path: Path) ->
     assert "## Targets (issue 8)" in text
     assert "| full history JSON, 2,000 epochs x 8 metrics | sqlite |" in text
     assert "SQLite" in text and "Django" in text
+
+
+def test_the_quick_overhead_bench_fits_in_the_worker_and_apart(tmp_path: Path) -> None:
+    # The untracked side runs as a bench-only task in the bench's own worker
+    # (bench/worker_tasks.py, loaded with --include) and in a separate process.
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "bench/suite.py",
+            "--db",
+            "sqlite",
+            "--quick",
+            "--only",
+            "overhead",
+            "--out",
+            str(tmp_path / "sqlite.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    for name in (
+        "same loop, no tracking, logistic/iris, 20 epochs: median",
+        "tracking overhead, logistic/iris, 20 epochs: median",
+        "overhead against a separate process, logistic/iris, 20 epochs: median",
+    ):
+        assert name in finished.stdout, finished.stdout
