@@ -734,7 +734,8 @@ def _worker_fit(
 
     reply_to = f"bench:fit-untracked:{os.getpid()}:{time.monotonic_ns()}"
     worker = psutil.Process(services.worker.pid)
-    client = redis.Redis.from_url(services.redis_url)
+    # No read timeout of its own (redis-py 8 has one): BLPOP waits for the fit.
+    client = redis.Redis.from_url(services.redis_url, socket_timeout=None)
     try:
         before = sum(worker.cpu_times()[:2])
         fit_untracked.delay(model_type, dataset, params, epochs, reply_to)
