@@ -730,15 +730,13 @@ def _worker_fit(
     import psutil
     import redis
 
-    from bench.worker_tasks import fit_untracked
-
     reply_to = f"bench:fit-untracked:{os.getpid()}:{time.monotonic_ns()}"
     worker = psutil.Process(services.worker.pid)
     # No read timeout of its own (redis-py 8 has one): BLPOP waits for the fit.
     client = redis.Redis.from_url(services.redis_url, socket_timeout=None)
     try:
         before = sum(worker.cpu_times()[:2])
-        fit_untracked.delay(model_type, dataset, params, epochs, reply_to)
+        worker_tasks.fit_untracked.delay(model_type, dataset, params, epochs, reply_to)
         reply = client.blpop([reply_to], timeout=600)
         cpu = sum(worker.cpu_times()[:2]) - before
     finally:

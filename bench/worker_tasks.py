@@ -4,7 +4,7 @@ the worker process itself (the bench starts its worker with
 
 The tracked run and this fit then share one process, one pool and its threads,
 so the only difference between them is the tracking. Run in a separate process
-set up as a worker is, the same untracked fit took 1.7-2.3 % less than in the
+set up as a worker is, the same untracked fit took 2-6 % less than in the
 worker (bench/NOTES.md, session 11), and the overhead figure counted that
 difference as tracking's.
 """
