@@ -115,14 +115,21 @@ def push_epoch(
 
 
 def push_trained(
-    session: TrainingSession, row: EpochMetric, stats: dict[str, Any]
+    session: TrainingSession,
+    rows: Sequence[EpochMetric],
+    stats: Sequence[dict[str, Any]],
 ) -> None:
-    """Announce an epoch the worker has just saved: to viewers at once, to the
-    event table in a batch, off the training thread (_EventWriter)."""
-    event = _epoch_event(session, row, stats)
-    text = json_text(event)
-    _push(session, event["type"], text)
-    _writer().add(session, event["type"], text)
+    """Announce epochs the worker has just saved (one or a few, each with its
+    own event and stats): to viewers at once, in one message, and to the event
+    table in a batch, off the training thread (_EventWriter)."""
+    texts = [
+        json_text(_epoch_event(session, row, row_stats))
+        for row, row_stats in zip(rows, stats, strict=True)
+    ]
+    _push(session, "training_progress", *texts)
+    writer = _writer()
+    for text in texts:
+        writer.add(session, "training_progress", text)
 
 
 def _epoch_event(
@@ -204,15 +211,18 @@ def subscriber_name() -> str:
     return f"mltrack-events-{os.getpid()}"
 
 
-def wire_message(audiences: Sequence[str], text: str) -> str:
-    """One published event: its audiences on the first line, its JSON text after.
-    The web process routes by the first line and forwards the text untouched."""
-    return " ".join(audiences) + "\n" + text
+def wire_message(audiences: Sequence[str], *texts: str) -> str:
+    """One published message: its audiences on the first line, then the JSON
+    text of each of its events (one or more, in order), a line each (JSON text
+    as json_text writes it has no line breaks). The web process routes by the
+    first line and forwards the texts untouched."""
+    return "\n".join((" ".join(audiences), *texts))
 
 
-def parse_wire_message(data: str) -> tuple[list[str], str]:
-    audiences, _, text = data.partition("\n")
-    return audiences.split(), text
+def parse_wire_message(data: str) -> tuple[list[str], list[str]]:
+    """(audiences, event texts) of a wire_message."""
+    audiences, *texts = data.split("\n")
+    return audiences.split(), texts
 
 
 # An event to store: its session, its type and its JSON text, as pushed.
@@ -348,11 +358,12 @@ def _writer() -> _EventWriter:
     return writer
 
 
-def _push(session: TrainingSession, kind: str, text: str) -> None:
-    """Publish an event's JSON text (serialised once by the caller, for the push
-    and the event table alike, not once per viewer in every web process)."""
+def _push(session: TrainingSession, kind: str, *texts: str) -> None:
+    """Publish events' JSON texts, in one message (serialised once by the caller,
+    for the push and the event table alike, not once per viewer in every web
+    process)."""
     try:
-        _publisher().publish(wire_message(audiences_for(session), text))
+        _publisher().publish(wire_message(audiences_for(session), *texts))
     except (redis.RedisError, OSError):  # Redis down or restarting: pages backfill
         logger.warning(
             "Could not push %s for session %s", kind, session.pk, exc_info=True
@@ -546,10 +557,10 @@ class LocalFanout:
             arrived, self.pending = self.pending, []
             texts: dict[Viewer, list[str]] = {}
             for data in arrived:
-                audiences, text = parse_wire_message(data)
+                audiences, event_texts = parse_wire_message(data)
                 for audience in audiences:
                     for viewer in self.viewers.get(audience, ()):
-                        texts.setdefault(viewer, []).append(text)
+                        texts.setdefault(viewer, []).extend(event_texts)
             for viewer, viewer_texts in texts.items():
                 try:
                     await viewer.send(text_data=_frame(viewer_texts))

@@ -504,33 +504,54 @@ class TrainingSession(models.Model):
         progress_every: float = 0.0,
     ) -> EpochMetric:
         """Store one epoch's metrics (`finished`: when it was trained, default now)
-        and move the session's counters, atomically; return its row.
+        and move the session's counters, atomically; return its row
+        (record_trained, for one epoch)."""
+        rows = self.record_trained(
+            [(epoch, metrics, duration, finished or now())], progress_every
+        )
+        return rows[0]
 
-        The worker calls this every epoch: one INSERT that skips an epoch already
-        there and one UPDATE, where a duplicate check first and model saves cost
-        about 1.5 ms of a 5 ms epoch (bench/NOTES.md).
+    def record_trained(
+        self,
+        epochs: Sequence[tuple[int, dict[str, Any], float | None, datetime]],
+        progress_every: float = 0.0,
+    ) -> list[EpochMetric]:
+        """Store epochs (epoch, metrics, duration, when it was trained) the worker
+        trained, in epoch order, and move the session's counters, atomically;
+        return their rows. The worker saves its epochs this way, one or a few at
+        a time (tasks._EpochSaver).
+
+        One INSERT that skips an epoch already there and one UPDATE, where a
+        duplicate check first and model saves cost about 1.5 ms of a 5 ms epoch
+        (bench/NOTES.md); a few epochs share that statement and its commit.
 
         progress_every (seconds): the counters (current_epoch, heartbeat_at,
         final_metrics, best_val_accuracy) are then written at most this often,
         and this instance keeps them until save_progress(). The epoch rows are
         what pages and the API read for a run's history; the counters only show
-        how far it got. On SQLite an epoch without the UPDATE is one autocommit
+        how far it got. On SQLite a save without the UPDATE is one autocommit
         INSERT instead of four statements, each of which hands the GIL back and
         waits its turn behind the other runs' training threads (bench/NOTES.md).
         """
-        row = EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished or now())
+        rows = [
+            EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished)
+            for epoch, metrics, duration, finished in epochs
+        ]
+        items = [(epoch, metrics, duration) for epoch, metrics, duration, _ in epochs]
+        last = rows[-1]
         moved = {
-            "current_epoch": max(self.current_epoch, row.epoch),
-            "heartbeat_at": row.created,
-            "final_metrics": row.metrics,
+            "current_epoch": max(self.current_epoch, *(row.epoch for row in rows)),
+            "heartbeat_at": last.created,
+            "final_metrics": last.metrics,
             "best_val_accuracy": self.best_val_accuracy,
         }
-        accuracy = row.val_accuracy
-        if accuracy is not None and (
-            moved["best_val_accuracy"] is None or accuracy > moved["best_val_accuracy"]
-        ):
-            moved["best_val_accuracy"] = accuracy
-        items = [(row.epoch, metrics, row.duration)]
+        for row in rows:
+            accuracy = row.val_accuracy
+            if accuracy is not None and (
+                moved["best_val_accuracy"] is None
+                or accuracy > moved["best_val_accuracy"]
+            ):
+                moved["best_val_accuracy"] = accuracy
         clock = time.monotonic()
         written_at = self.__dict__.get("_progress_written_at")
         due = written_at is None or clock - written_at >= progress_every
@@ -540,23 +561,39 @@ class TrainingSession(models.Model):
             # One statement, so one round trip and no BEGIN/COMMIT of our own:
             # with 10 runs in one worker each round trip also waits for the GIL
             # (bench/NOTES.md).
-            inserted = EpochMetric.objects.insert_epochs(
-                self.pk, items, row.created, session_update=moved if due else None
+            inserted = len(
+                EpochMetric.objects.insert_epochs(
+                    self.pk,
+                    items,
+                    [row.created for row in rows],
+                    session_update=moved if due else None,
+                )
             )
         elif not connection.in_atomic_block:
-            inserted = _record_epoch_sqlite(connection, row, moved if due else None)
+            inserted = _record_epochs_sqlite(connection, rows, moved if due else None)
         else:
+            inserted = 0
             with transaction.atomic(savepoint=False):
-                inserted = EpochMetric.objects.insert_epochs(
-                    self.pk, items, row.created
-                )
+                for row, item in zip(rows, items, strict=True):
+                    inserted += len(
+                        EpochMetric.objects.insert_epochs(self.pk, [item], row.created)
+                    )
                 if inserted:
                     with connection.cursor() as cursor:
                         cursor.execute(*_session_update(connection, self.pk, moved))
-        if not inserted:
+        if inserted < len(rows):
             # A retried save whose first attempt committed before the connection
             # broke: an epoch is stored once, as first written.
-            return EpochMetric.objects.get(session=self, epoch=row.epoch)
+            stored = list(
+                EpochMetric.objects.filter(
+                    session=self, epoch__in=[row.epoch for row in rows]
+                ).order_by("epoch")
+            )
+            if len(stored) < len(rows):  # the session was deleted
+                raise EpochMetric.DoesNotExist(f"session {self.pk} has no such epochs")
+            if not inserted:
+                return stored
+            rows = stored
         for name, value in moved.items():
             setattr(self, name, value)
         if due or connection.in_atomic_block:  # the atomic path always updates
@@ -564,7 +601,7 @@ class TrainingSession(models.Model):
             self._progress_unsaved = False
         else:
             self._progress_unsaved = True
-        return row
+        return rows
 
     def save_progress(self) -> None:
         """Write the counters that record_epoch(progress_every=...) kept back.
@@ -768,6 +805,9 @@ class EpochMetricQuerySet(models.QuerySet):
         """INSERT (epoch, metrics, duration) rows, all with the time `created`, and
         return the epochs inserted: an epoch already stored is kept as it was.
 
+        created may also be a list of times, one per row (PostgreSQL only: the
+        worker's epochs, saved a few at a time, each keep when it was trained).
+
         session_update (PostgreSQL only): columns of the session to set in the
         same statement when at least one row was inserted.
 
@@ -785,9 +825,13 @@ class EpochMetricQuerySet(models.QuerySet):
         connection = connections[self.db]
         # One time for the whole batch, bound once: written per row it was
         # ~1,000 isoformat() calls and 30 KB more JSON on PostgreSQL.
-        created = EpochMetric._meta.get_field("created").get_db_prep_save(
-            created, connection
-        )
+        field = EpochMetric._meta.get_field("created")
+        if isinstance(created, list):
+            if connection.vendor != "postgresql":
+                raise NotSupportedError("a time per row needs PostgreSQL")
+            created = [field.get_db_prep_save(time, connection) for time in created]
+        else:
+            created = field.get_db_prep_save(created, connection)
         # Both INSERTs end in ON CONFLICT DO NOTHING RETURNING "epoch", which
         # lists only the rows inserted (SQLite 3.35+, PostgreSQL), so no query for
         # the epochs already there is needed.
@@ -896,29 +940,37 @@ def _insert_values(
         return inserted
 
 
-def _json_document(items: list[tuple[int, dict[str, Any], float | None]]) -> str:
-    """The rows as one JSON document of [epoch, metrics, duration] arrays."""
+def _json_document(items: Sequence[tuple[Any, ...]]) -> str:
+    """The rows as one JSON document of [epoch, metrics, duration] arrays (and
+    the time each was made, if the rows carry it)."""
     try:
         # orjson: ~0.08 ms for 1,000 epochs, where json took ~0.95 ms. The same
         # shortest exact text for every float. JSON has no NaN (orjson would
         # write null); neither the API nor the trainer lets one through.
+        # Datetimes as ISO 8601 with their offset, which timestamptz reads.
         return orjson.dumps(items, default=float).decode()  # numpy floats
     except TypeError:  # an integer beyond 64 bits (an external run may log one)
-        return json.dumps(items, default=float, allow_nan=False)
+        return json.dumps(items, default=_float_or_iso, allow_nan=False)
 
 
-def _json_columns(connection: Any) -> tuple[str, str]:
+def _float_or_iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else float(value)
+
+
+def _json_columns(connection: Any, created_per_row: bool = False) -> tuple[str, str]:
     """(the epoch table's columns, the SELECT list that makes them from a JSON
     `item` of _json_document: two parameters, the standard metric names as a
-    text[] and the creation time, followed by the session id's expression)."""
+    text[] and the creation time, followed by the session id's expression).
+    created_per_row: each item carries its own time, fourth; no parameter."""
     quote = connection.ops.quote_name
     columns = ("epoch", *STANDARD_METRICS, "duration", "extra", "created", "session_id")
     standard = ", ".join(
         f"(item->1->>'{name}')::double precision" for name in STANDARD_METRICS
     )
+    created = "(item->>3)::timestamptz" if created_per_row else "%s"
     select = (
         f"(item->>0)::integer, {standard}, "
-        "(item->>2)::double precision, (item->1) - %s::text[], %s"
+        f"(item->>2)::double precision, (item->1) - %s::text[], {created}"
     )
     return ", ".join(quote(name) for name in columns), select
 
@@ -937,7 +989,8 @@ def _insert_from_json(
     server ~1 ms. Numbers go through their shortest exact text (repr) and back,
     so every float arrives unchanged.
     """
-    columns, select = _json_columns(connection)
+    per_row = isinstance(created, list)
+    columns, select = _json_columns(connection, created_per_row=per_row)
     sql = (
         f"INSERT INTO {connection.ops.quote_name(EpochMetric._meta.db_table)} "
         f"({columns}) SELECT {select}, %s "
@@ -946,7 +999,11 @@ def _insert_from_json(
         'ON CONFLICT DO NOTHING RETURNING "epoch"'
     )
     names = list(STANDARD_METRICS)
-    params = [names, created, session_id, _json_document(items), session_id]
+    if per_row:
+        rows = [(*item, time) for item, time in zip(items, created, strict=True)]
+        params = [names, session_id, _json_document(rows), session_id]
+    else:
+        params = [names, created, session_id, _json_document(items), session_id]
     if session_update:
         sql, params = _and_update_session(
             connection, sql, params, session_id, session_update
@@ -956,38 +1013,41 @@ def _insert_from_json(
         return {epoch for (epoch,) in cursor.fetchall()}
 
 
-def _record_epoch_sqlite(
-    connection: Any, row: EpochMetric, moved: dict[str, Any] | None
-) -> bool:
-    """Insert one epoch's row and, if it was new and `moved` is given, move its
-    session's columns, on this thread's own driver connection (_epoch_writer).
-    Through Django's atomic() and cursors this was ~0.5 ms of a worker's 5 ms
-    epoch (bench/NOTES.md). Outside an atomic block only: the transaction is this
-    function's own.
+def _record_epochs_sqlite(
+    connection: Any, rows: list[EpochMetric], moved: dict[str, Any] | None
+) -> int:
+    """Insert epochs' rows (one statement) and, if any was new and `moved` is
+    given, move their session's columns, on this thread's own driver connection
+    (_epoch_writer); return how many rows went in. Through Django's atomic() and
+    cursors this was ~0.5 ms of a worker's 5 ms epoch (bench/NOTES.md). Outside
+    an atomic block only: the transaction is this function's own.
 
-    The row alone is one autocommit INSERT: SQLite takes the write lock when that
-    statement starts and commits when it ends, what BEGIN IMMEDIATE and COMMIT
-    around it did in three statements (three GIL hand-backs). With the UPDATE the
-    two run between BEGIN IMMEDIATE and COMMIT (both write: take the write lock
-    up front rather than fail to upgrade a read lock midway)."""
-    values = [prep(getattr(row, name), connection) for name, prep in _epoch_preps()]
-    insert = (_sqlite_epoch_insert_sql(), [*values, row.session_id])
+    The rows alone are one autocommit INSERT: SQLite takes the write lock when
+    that statement starts and commits when it ends, what BEGIN IMMEDIATE and
+    COMMIT around it did in three statements (three GIL hand-backs). With the
+    UPDATE the two run between BEGIN IMMEDIATE and COMMIT (both write: take the
+    write lock up front rather than fail to upgrade a read lock midway)."""
+    preps = _epoch_preps()
+    values = [
+        prep(getattr(row, name), connection) for row in rows for name, prep in preps
+    ]
+    insert = (_sqlite_epoch_insert_sql(len(rows)), [*values, rows[0].session_id])
     with connection.wrap_database_errors:
         database = _epoch_writer(connection)
         cursor = database.cursor()
         try:
             if moved is None:
                 _execute_when_unlocked(connection, cursor, *insert)
-                # Its row count, not RETURNING: fetching the returned row is
+                # Its row count, not RETURNING: fetching the returned rows is
                 # one more step with the GIL let go and taken back.
-                inserted = cursor.rowcount == 1
+                inserted = cursor.rowcount
             else:
                 update_sql, update_params = _session_update(
-                    connection, row.session_id, moved
+                    connection, rows[0].session_id, moved
                 )
                 _execute_when_unlocked(connection, cursor, "BEGIN IMMEDIATE")
                 cursor.execute(*insert)
-                inserted = cursor.rowcount == 1
+                inserted = cursor.rowcount
                 if inserted:
                     cursor.execute(update_sql.replace("%s", "?"), update_params)
                 cursor.execute("COMMIT")
@@ -1115,14 +1175,19 @@ def _epoch_preps() -> tuple[tuple[str, Any], ...]:
 
 
 @functools.cache
-def _sqlite_epoch_insert_sql() -> str:
-    """The INSERT of one epoch, with the SQLite driver's "?" placeholders, if its
-    session exists (_session_exists: the session id is the last parameter)."""
+def _sqlite_epoch_insert_sql(count: int) -> str:
+    """The INSERT of `count` epochs, with the SQLite driver's "?" placeholders, if
+    their session exists (_session_exists: the session id is the last parameter).
+    One statement, so they go in together or not at all."""
     fields = _epoch_fields()
     columns = ", ".join(f'"{field.column}"' for field in fields)
+    placeholders = ", ".join("?" * len(fields))
+    if count == 1:
+        select = f"SELECT {placeholders}"
+    else:
+        select = f"SELECT * FROM (VALUES {', '.join([f'({placeholders})'] * count)})"
     return (
-        f'INSERT INTO "{EpochMetric._meta.db_table}" ({columns}) '
-        f"SELECT {', '.join('?' * len(fields))} "
+        f'INSERT INTO "{EpochMetric._meta.db_table}" ({columns}) {select} '
         f"WHERE {_session_exists('sqlite')} ON CONFLICT DO NOTHING"
     )
 

@@ -5,7 +5,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psutil
@@ -89,28 +89,89 @@ class _Progress:
 
 
 # How often a run's session row gets its counters (current_epoch, final_metrics,
-# ...) while it trains. The epoch rows, written every epoch, are what pages and
-# the API read for the history; the counters lag by at most this and are written
-# before the final status. On SQLite an epoch without the session's UPDATE is one
-# statement instead of four, and with 10 runs in a worker each statement waits
-# for the GIL behind the other training threads (bench/NOTES.md).
+# ...) while it trains. The epoch rows, written as epochs are saved, are what
+# pages and the API read for the history; the counters lag by at most this and
+# are written before the final status. On SQLite a save without the session's
+# UPDATE is one statement instead of four, and with 10 runs in a worker each
+# statement waits for the GIL behind the other training threads (bench/NOTES.md).
 PROGRESS_WRITE_SECONDS = 0.25
 
 
-def _save_epoch(session: TrainingSession, result: Any, stats: dict[str, Any]) -> None:
-    """Save one trained epoch, then push it; its event is stored in a batch."""
-    finished = now()
-    row = _retrying(
-        lambda: session.record_epoch(
-            result.epoch,
-            result.metrics,
-            result.duration,
-            finished,
-            progress_every=PROGRESS_WRITE_SECONDS,
-        ),
-        f"saving epoch {result.epoch} of session {session.pk}",
-    )
-    events.push_trained(session, row, stats)
+# How long a trained epoch may wait to be saved and pushed together with the
+# epochs after it. A save and its push cost about the same for a few epochs as for
+# one (a statement, a commit, a send, and the caches they leave cold): on a 6 ms
+# epoch that cost, paid every epoch, was most of the tracking overhead
+# (bench/NOTES.md). A page draws one frame every ~17 ms at best, so epochs that
+# come faster than that reach it a frame or so later and nothing is seen to lag;
+# an epoch that takes longer than this is saved the moment it ends, as before.
+SAVE_BATCH_SECONDS = 0.02
+# At most this many epochs in one save (a tiny model's epochs may take 0.1 ms).
+SAVE_BATCH_EPOCHS = 100
+
+
+class _EpochSaver:
+    """Saves and pushes a run's epochs as they are trained, several in one save
+    when they come faster than SAVE_BATCH_SECONDS.
+
+    Each epoch keeps the time it was trained, and its own event. After each
+    epoch it guesses that the next will take as long as this one did: if
+    waiting for it would keep the oldest unsaved epoch back longer than
+    SAVE_BATCH_SECONDS, it saves now. The first epoch is saved at once, so a
+    new run shows up the moment it has something to show. flush() saves the
+    rest; the task calls it before the run's final status, whatever ended it.
+    """
+
+    def __init__(
+        self, session: TrainingSession, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.session = session
+        self.clock = clock
+        self.pending: list[tuple[Any, datetime, dict[str, Any]]] = []
+        self.oldest = 0.0  # when the oldest pending epoch ended (monotonic)
+        self.previous: float | None = None  # when the last epoch ended
+
+    def add(self, result: Any, stats: dict[str, Any]) -> None:
+        clock = self.clock()
+        if not self.pending:
+            self.oldest = clock
+        self.pending.append((result, now(), stats))
+        step = None if self.previous is None else clock - self.previous
+        self.previous = clock
+        if (
+            step is None
+            or clock + step - self.oldest > SAVE_BATCH_SECONDS
+            or len(self.pending) >= SAVE_BATCH_EPOCHS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Save and push every pending epoch; raises if the database stays
+        unavailable past MLTRACK_DB_RETRY_SECONDS (those epochs are lost)."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        session = self.session
+        rows = _retrying(
+            lambda: session.record_trained(
+                [
+                    (result.epoch, result.metrics, result.duration, finished)
+                    for result, finished, _ in batch
+                ],
+                progress_every=PROGRESS_WRITE_SECONDS,
+            ),
+            f"saving epochs {batch[0][0].epoch}-{batch[-1][0].epoch} "
+            f"of session {session.pk}",
+        )
+        stats = {result.epoch: epoch_stats for result, _, epoch_stats in batch}
+        events.push_trained(session, rows, [stats.get(row.epoch, {}) for row in rows])
+
+    def flush_or_log(self) -> None:
+        """flush() on the way to a failed run's final status: that status must
+        be written even if the epochs cannot be."""
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("could not save the last epochs of %s", self.session.pk)
 
 
 def _save_progress(session: TrainingSession) -> None:
@@ -196,6 +257,8 @@ def run_training(self: Any, session_id: int) -> str:
 
     losses = diagnostics.LossWatch()
 
+    saver = _EpochSaver(session)
+
     def on_epoch(result: training.EpochResult) -> None:
         # The session keeps every warning seen; the event also says which hold now.
         current = losses.add(result.metrics["train_loss"], result.metrics["val_loss"])
@@ -204,7 +267,7 @@ def run_training(self: Any, session_id: int) -> str:
             _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
         stats = progress.stats(result.epoch)
         stats["diagnostics"] = current
-        _save_epoch(session, result, stats)
+        saver.add(result, stats)
 
     try:
         result = training.fit(
@@ -217,14 +280,17 @@ def run_training(self: Any, session_id: int) -> str:
             csv_path=session.data_file.path if session.data_file else None,
             target_column=session.target_column or None,
         )
+        saver.flush()
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()
+        saver.flush_or_log()
         _save_progress(session)
         _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
         message = f"Training crashed: {type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
+        saver.flush_or_log()
         _save_progress(session)
         _retrying(lambda: session.mark_failed(message, trace), "failing the session")
     else:

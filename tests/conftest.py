@@ -318,6 +318,9 @@ class EventTap:
         self.client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
         self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(events.events_channel(REDIS_URL))
+        # Events heard but not yet asked for: a message may carry several.
+        self.heard: list[dict] = []
+        self.messages = 0
 
     def next(self, timeout: float = 10) -> dict:
         """The next event (its JSON, with its audiences under "_audiences")."""
@@ -326,12 +329,17 @@ class EventTap:
         from sessions import events
 
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
+        while not self.heard and (left := deadline - time.monotonic()) > 0:
             message = self.pubsub.get_message(timeout=left)
             if message is not None and message["type"] == "message":
-                audiences, text = events.parse_wire_message(message["data"])
-                return dict(json.loads(text), _audiences=audiences)
-        raise TimeoutError(f"no event within {timeout} s")
+                self.messages += 1
+                audiences, texts = events.parse_wire_message(message["data"])
+                self.heard += [
+                    dict(json.loads(text), _audiences=audiences) for text in texts
+                ]
+        if not self.heard:
+            raise TimeoutError(f"no event within {timeout} s")
+        return self.heard.pop(0)
 
     def until(self, *types: str, timeout: float = 10, limit: int = 1000) -> list[dict]:
         """Every event up to and including the first of one of these types."""

@@ -246,3 +246,32 @@ async def test_events_that_arrive_while_writing_go_out_as_one_batch_frame():
     assert len(slow.frames) == 2 and elsewhere.frames == []
     fanout.listener.cancel()
     await client.aclose()
+
+
+async def test_a_message_of_several_events_goes_out_as_one_batch_frame():
+    # The worker saves fast epochs a few at a time and publishes their events
+    # in one message (tasks._EpochSaver): each viewer gets them in order.
+    import json
+
+    fanout = events.LocalFanout(REDIS_URL)
+    viewer, elsewhere = RecordingSocket(), RecordingSocket()
+    await fanout.join("run-1", viewer)
+    await fanout.join("run-2", elsewhere)
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    texts = [
+        json.dumps({"type": "training_progress", "epoch": epoch}) for epoch in (5, 6, 7)
+    ]
+    message = events.wire_message(["run-1", "staff"], *texts)
+    assert events.parse_wire_message(message) == (["run-1", "staff"], texts)
+    await client.publish(events.events_channel(REDIS_URL), message)
+    for _ in range(200):
+        if viewer.frames:
+            break
+        await asyncio.sleep(0.01)
+    await fanout.flushing
+    (frame,) = [json.loads(text) for text in viewer.frames]
+    assert frame["type"] == "batch"
+    assert [event["epoch"] for event in frame["events"]] == [5, 6, 7]
+    assert elsewhere.frames == []
+    fanout.listener.cancel()
+    await client.aclose()

@@ -389,6 +389,54 @@ def test_the_workers_epoch_save_outside_a_transaction(make_session):
     assert session.final_metrics["val_accuracy"] == 0.5
 
 
+def _three_epochs(moment):
+    times = [moment + timedelta(milliseconds=7 * i) for i in range(3)]
+    epochs = [
+        (1, {"val_accuracy": 0.5}, 0.007, times[0]),
+        (2, {"val_accuracy": 0.9, "custom": 2}, 0.007, times[1]),
+        (3, {"val_accuracy": 0.7}, None, times[2]),
+    ]
+    return epochs, times
+
+
+def _check_three_epochs(session, rows, times):
+    assert [row.epoch for row in rows] == [1, 2, 3]
+    stored = list(EpochMetric.objects.filter(session=session).order_by("epoch"))
+    # Saved together, each keeps the time it was trained.
+    assert [row.created for row in stored] == times
+    assert stored[1].metrics["custom"] == 2 and stored[2].duration is None
+    session.refresh_from_db()
+    assert (session.current_epoch, session.best_val_accuracy) == (3, 0.9)
+    assert session.heartbeat_at == times[2]
+    assert session.final_metrics["val_accuracy"] == 0.7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_saves_a_few_epochs_in_one_statement(make_session):
+    session = make_session(total_epochs=5)
+    session.mark_running("task-1")
+    epochs, times = _three_epochs(now() - timedelta(seconds=3))
+    _check_three_epochs(session, session.record_trained(epochs), times)
+    # A retried save whose first attempt committed: the rows as first written.
+    again = session.record_trained(
+        [(2, {"val_accuracy": 0.1}, 0.5, now()), (3, {"val_accuracy": 0.2}, 0.5, now())]
+    )
+    assert [(row.epoch, row.val_accuracy) for row in again] == [(2, 0.9), (3, 0.7)]
+    TrainingSession.objects.filter(pk=session.pk).delete()
+    with pytest.raises(EpochMetric.DoesNotExist):
+        session.record_trained(
+            [(4, {"val_accuracy": 0.1}, 0.5, now()), (5, {}, 0.5, now())]
+        )
+
+
+def test_a_few_epochs_saved_inside_a_transaction(make_session):
+    # The atomic path (a run trained inside a transaction): the same rows.
+    session = make_session(total_epochs=5)
+    session.mark_running("task-1")
+    epochs, times = _three_epochs(now() - timedelta(seconds=3))
+    _check_three_epochs(session, session.record_trained(epochs), times)
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_workers_counters_can_be_written_less_often_than_its_epochs(
     make_session,

@@ -10,7 +10,8 @@ from django.utils.timezone import now
 
 from sessions import catalog
 from sessions.models import TrainingSession
-from sessions.tasks import run_training
+from sessions.tasks import SAVE_BATCH_SECONDS, _EpochSaver, run_training
+from sessions.training import EpochResult
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,6 +38,56 @@ def test_it_trains_saves_every_epoch_and_pushes_events(make_session, event_tap):
     assert [e["epoch"] for e in received[1:5]] == [1, 2, 3, 4]
     assert received[2]["stats"]["etaSeconds"] is not None
     assert received[-1]["session"]["progress"] == 100.0
+
+
+class _Clock:
+    """A monotonic clock the test moves: how fast the epochs come."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _train(saver, clock, epochs, seconds_each):
+    for epoch in epochs:
+        clock.now += seconds_each
+        metrics = {"train_loss": 1 / epoch, "val_accuracy": epoch / 10}
+        saver.add(EpochResult(epoch, metrics, seconds_each), {"mark": epoch})
+
+
+def test_fast_epochs_are_saved_and_pushed_a_few_at_a_time(make_session, event_tap):
+    session = make_session(total_epochs=12)
+    session.mark_running("task-1")
+    clock = _Clock()
+    saver = _EpochSaver(session, clock=clock)
+    fast = SAVE_BATCH_SECONDS * 0.3
+    # The first at once; then all that fit in SAVE_BATCH_SECONDS wait for the
+    # one that would not: 2-5 (epoch 6 would end past 2's wait).
+    _train(saver, clock, range(1, 6), fast)
+    assert list(session.epochs.values_list("epoch", flat=True)) == [1, 2, 3, 4, 5]
+    _train(saver, clock, [6], fast)
+    assert session.epochs.count() == 5  # 6 waits for the next
+    saver.flush()  # what the task does before the final status
+    assert session.epochs.count() == 6
+    # Slow epochs are saved as each ends.
+    _train(saver, clock, [7, 8], SAVE_BATCH_SECONDS * 2)
+    assert session.epochs.count() == 8
+
+    received = [event_tap.next() for _ in range(8)]
+    # Every epoch has its own event, in order, with its own stats and time...
+    assert [e["epoch"] for e in received] == list(range(1, 9))
+    assert [e["stats"]["mark"] for e in received] == list(range(1, 9))
+    rows = {row.epoch: row for row in session.epochs.all()}
+    assert [e["savedAt"] for e in received] == [
+        rows[epoch].created.timestamp() for epoch in range(1, 9)
+    ]
+    # ...but one message carried each save's events: 1, 2-5, 6, 7, 8.
+    assert event_tap.messages == 5
+    session.save_progress()  # the counters the saves kept back (as the task does)
+    session.refresh_from_db()
+    assert session.current_epoch == 8 and session.best_val_accuracy == 0.8
 
 
 def test_it_does_not_start_a_session_stopped_while_queued(make_session):
