@@ -32,9 +32,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from sessions.metrics import json_text
+from sessions.models import row_metrics
 
 if TYPE_CHECKING:
-    from sessions.models import EpochMetric, TrainingSession
+    from sessions.models import EpochMetric, TrainedEpoch, TrainingSession
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +117,33 @@ def push_epoch(
 
 def push_trained(
     session: TrainingSession,
-    rows: Sequence[EpochMetric],
+    epochs: Sequence[TrainedEpoch],
     stats: Sequence[dict[str, Any]],
 ) -> None:
     """Announce epochs the worker has just saved (one or a few, each with its
     own event and stats): to viewers at once, in one message, and to the event
-    table in a batch, off the training thread (_EventWriter)."""
+    table in a batch, off the training thread (_EventWriter).
+
+    The events are what _epoch_event makes of their rows, made from the epochs
+    themselves: no model instances, and the session's part once for them all
+    (it shows the session after the last of them, as a log batch's events do).
+    """
+    state = session.as_progress_dict()
     texts = [
-        json_text(_epoch_event(session, row, row_stats))
-        for row, row_stats in zip(rows, stats, strict=True)
+        json_text(
+            TrainingEvent(
+                type="training_progress",
+                session=state,
+                epoch=epoch,
+                metrics=row_metrics(metrics),
+                duration=duration,
+                savedAt=finished.timestamp(),
+                stats=epoch_stats,
+            )
+        )
+        for (epoch, metrics, duration, finished), epoch_stats in zip(
+            epochs, stats, strict=True
+        )
     ]
     _push(session, "training_progress", *texts)
     writer = _writer()

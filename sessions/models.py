@@ -36,6 +36,19 @@ from sessions.training import METRIC_NAMES
 STANDARD_METRICS = METRIC_NAMES
 _STANDARD_SET = frozenset(STANDARD_METRICS)
 
+# An epoch the worker trained: (epoch, metrics, duration in seconds, when it ended).
+TrainedEpoch = tuple[int, dict[str, Any], float | None, datetime]
+
+
+def row_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An epoch's metrics as its row gives them back (EpochMetric.metrics): every
+    standard metric, None where missing, then the others."""
+    values = {name: metrics.get(name) for name in STANDARD_METRICS}
+    values.update(
+        (name, value) for name, value in metrics.items() if name not in _STANDARD_SET
+    )
+    return values
+
 
 class _PreparedCursor:
     """A PostgreSQL cursor whose statements the server parses and plans once per
@@ -506,24 +519,24 @@ class TrainingSession(models.Model):
         """Store one epoch's metrics (`finished`: when it was trained, default now)
         and move the session's counters, atomically; return its row
         (record_trained, for one epoch)."""
-        rows = self.record_trained(
+        ((epoch, metrics, duration, finished),) = self.record_trained(
             [(epoch, metrics, duration, finished or now())], progress_every
         )
-        return rows[0]
+        return EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished)
 
     def record_trained(
-        self,
-        epochs: Sequence[tuple[int, dict[str, Any], float | None, datetime]],
-        progress_every: float = 0.0,
-    ) -> list[EpochMetric]:
+        self, epochs: Sequence[TrainedEpoch], progress_every: float = 0.0
+    ) -> Sequence[TrainedEpoch]:
         """Store epochs (epoch, metrics, duration, when it was trained) the worker
         trained, in epoch order, and move the session's counters, atomically;
-        return their rows. The worker saves its epochs this way, one or a few at
-        a time (tasks._EpochSaver).
+        return them as stored. The worker saves its epochs this way, one or a few
+        at a time (tasks._EpochSaver).
 
         One INSERT that skips an epoch already there and one UPDATE, where a
         duplicate check first and model saves cost about 1.5 ms of a 5 ms epoch
-        (bench/NOTES.md); a few epochs share that statement and its commit.
+        (bench/NOTES.md); a few epochs share that statement and its commit. No
+        model instances: the worker's Python between two epochs runs with cold
+        caches, ~3x slower than the same code in a loop (bench/NOTES.md).
 
         progress_every (seconds): the counters (current_epoch, heartbeat_at,
         final_metrics, best_val_accuracy) are then written at most this often,
@@ -533,25 +546,18 @@ class TrainingSession(models.Model):
         INSERT instead of four statements, each of which hands the GIL back and
         waits its turn behind the other runs' training threads (bench/NOTES.md).
         """
-        rows = [
-            EpochMetric.unsaved(self.pk, epoch, metrics, duration, finished)
-            for epoch, metrics, duration, finished in epochs
-        ]
-        items = [(epoch, metrics, duration) for epoch, metrics, duration, _ in epochs]
-        last = rows[-1]
+        best = self.best_val_accuracy
+        for _, metrics, _, _ in epochs:
+            accuracy = metrics.get("val_accuracy")
+            if accuracy is not None and (best is None or accuracy > best):
+                best = accuracy
+        last_epoch, last_metrics, _, last_time = epochs[-1]
         moved = {
-            "current_epoch": max(self.current_epoch, *(row.epoch for row in rows)),
-            "heartbeat_at": last.created,
-            "final_metrics": last.metrics,
-            "best_val_accuracy": self.best_val_accuracy,
+            "current_epoch": max(self.current_epoch, last_epoch),
+            "heartbeat_at": last_time,
+            "final_metrics": row_metrics(last_metrics),
+            "best_val_accuracy": best,
         }
-        for row in rows:
-            accuracy = row.val_accuracy
-            if accuracy is not None and (
-                moved["best_val_accuracy"] is None
-                or accuracy > moved["best_val_accuracy"]
-            ):
-                moved["best_val_accuracy"] = accuracy
         clock = time.monotonic()
         written_at = self.__dict__.get("_progress_written_at")
         due = written_at is None or clock - written_at >= progress_every
@@ -564,36 +570,41 @@ class TrainingSession(models.Model):
             inserted = len(
                 EpochMetric.objects.insert_epochs(
                     self.pk,
-                    items,
-                    [row.created for row in rows],
+                    [(epoch, metrics, length) for epoch, metrics, length, _ in epochs],
+                    [finished for *_, finished in epochs],
                     session_update=moved if due else None,
                 )
             )
         elif not connection.in_atomic_block:
-            inserted = _record_epochs_sqlite(connection, rows, moved if due else None)
+            inserted = _record_epochs_sqlite(
+                connection, self.pk, epochs, moved if due else None
+            )
         else:
             inserted = 0
             with transaction.atomic(savepoint=False):
-                for row, item in zip(rows, items, strict=True):
+                for epoch, metrics, duration, finished in epochs:
                     inserted += len(
-                        EpochMetric.objects.insert_epochs(self.pk, [item], row.created)
+                        EpochMetric.objects.insert_epochs(
+                            self.pk, [(epoch, metrics, duration)], finished
+                        )
                     )
                 if inserted:
                     with connection.cursor() as cursor:
                         cursor.execute(*_session_update(connection, self.pk, moved))
-        if inserted < len(rows):
+        if inserted < len(epochs):
             # A retried save whose first attempt committed before the connection
             # broke: an epoch is stored once, as first written.
-            stored = list(
-                EpochMetric.objects.filter(
-                    session=self, epoch__in=[row.epoch for row in rows]
+            stored = [
+                (row.epoch, row.metrics, row.duration, row.created)
+                for row in EpochMetric.objects.filter(
+                    session=self, epoch__in=[epoch for epoch, *_ in epochs]
                 ).order_by("epoch")
-            )
-            if len(stored) < len(rows):  # the session was deleted
+            ]
+            if len(stored) < len(epochs):  # the session was deleted
                 raise EpochMetric.DoesNotExist(f"session {self.pk} has no such epochs")
             if not inserted:
                 return stored
-            rows = stored
+            epochs = stored
         for name, value in moved.items():
             setattr(self, name, value)
         if due or connection.in_atomic_block:  # the atomic path always updates
@@ -601,7 +612,7 @@ class TrainingSession(models.Model):
             self._progress_unsaved = False
         else:
             self._progress_unsaved = True
-        return rows
+        return epochs
 
     def save_progress(self) -> None:
         """Write the counters that record_epoch(progress_every=...) kept back.
@@ -1014,7 +1025,10 @@ def _insert_from_json(
 
 
 def _record_epochs_sqlite(
-    connection: Any, rows: list[EpochMetric], moved: dict[str, Any] | None
+    connection: Any,
+    session_id: int,
+    epochs: Sequence[TrainedEpoch],
+    moved: dict[str, Any] | None,
 ) -> int:
     """Insert epochs' rows (one statement) and, if any was new and `moved` is
     given, move their session's columns, on this thread's own driver connection
@@ -1027,11 +1041,12 @@ def _record_epochs_sqlite(
     COMMIT around it did in three statements (three GIL hand-backs). With the
     UPDATE the two run between BEGIN IMMEDIATE and COMMIT (both write: take the
     write lock up front rather than fail to upgrade a read lock midway)."""
-    preps = _epoch_preps()
-    values = [
-        prep(getattr(row, name), connection) for row in rows for name, prep in preps
-    ]
-    insert = (_sqlite_epoch_insert_sql(len(rows)), [*values, rows[0].session_id])
+    values: list[Any] = []
+    for epoch, metrics, duration, finished in epochs:
+        values += _sqlite_epoch_values(
+            connection, session_id, epoch, metrics, duration, finished
+        )
+    insert = (_sqlite_epoch_insert_sql(len(epochs)), [*values, session_id])
     with connection.wrap_database_errors:
         database = _epoch_writer(connection)
         cursor = database.cursor()
@@ -1043,7 +1058,7 @@ def _record_epochs_sqlite(
                 inserted = cursor.rowcount
             else:
                 update_sql, update_params = _session_update(
-                    connection, rows[0].session_id, moved
+                    connection, session_id, moved
                 )
                 _execute_when_unlocked(connection, cursor, "BEGIN IMMEDIATE")
                 cursor.execute(*insert)
@@ -1144,11 +1159,6 @@ def _epoch_attnames() -> tuple[str, ...]:
     return tuple(field.attname for field in EpochMetric._meta.concrete_fields)
 
 
-@functools.cache
-def _epoch_fields() -> tuple[models.Field, ...]:
-    return tuple(f for f in EpochMetric._meta.concrete_fields if not f.primary_key)
-
-
 def _int_or_none(value: Any, connection: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -1169,19 +1179,56 @@ def _prep(field: models.Field) -> Any:
     return field.get_db_prep_save
 
 
+# The epoch table's columns in the order _sqlite_epoch_values gives them.
+_SQLITE_EPOCH_COLUMNS = (
+    "session_id",
+    "epoch",
+    *STANDARD_METRICS,
+    "duration",
+    "extra",
+    "created",
+)
+
+
+def _sqlite_epoch_values(
+    connection: Any,
+    session_id: int,
+    epoch: int,
+    metrics: dict[str, Any],
+    duration: float | None,
+    finished: datetime,
+) -> list[Any]:
+    """One worker epoch's row for SQLite, converted as its fields would convert
+    it (numbers by int() and float()), with no model instance: building one and
+    preparing each of its fields was half of an epoch save (bench/NOTES.md)."""
+    get = metrics.get
+    extra = {k: v for k, v in metrics.items() if k not in _STANDARD_SET}
+    return [
+        session_id,
+        int(epoch),
+        *[
+            None if (value := get(name)) is None else float(value)
+            for name in STANDARD_METRICS
+        ],
+        None if duration is None else float(duration),
+        _extra_field().get_db_prep_save(extra, connection) if extra else "{}",
+        connection.ops.adapt_datetimefield_value(finished),
+    ]
+
+
 @functools.cache
-def _epoch_preps() -> tuple[tuple[str, Any], ...]:
-    return tuple((field.attname, _prep(field)) for field in _epoch_fields())
+def _extra_field() -> models.Field:
+    return EpochMetric._meta.get_field("extra")
 
 
 @functools.cache
 def _sqlite_epoch_insert_sql(count: int) -> str:
-    """The INSERT of `count` epochs, with the SQLite driver's "?" placeholders, if
-    their session exists (_session_exists: the session id is the last parameter).
-    One statement, so they go in together or not at all."""
-    fields = _epoch_fields()
-    columns = ", ".join(f'"{field.column}"' for field in fields)
-    placeholders = ", ".join("?" * len(fields))
+    """The INSERT of `count` epochs (_sqlite_epoch_values), with the SQLite
+    driver's "?" placeholders, if their session exists (_session_exists: the
+    session id is the last parameter). One statement, so they go in together or
+    not at all."""
+    columns = ", ".join(f'"{name}"' for name in _SQLITE_EPOCH_COLUMNS)
+    placeholders = ", ".join("?" * len(_SQLITE_EPOCH_COLUMNS))
     if count == 1:
         select = f"SELECT {placeholders}"
     else:

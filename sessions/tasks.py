@@ -151,19 +151,18 @@ class _EpochSaver:
             return
         batch, self.pending = self.pending, []
         session = self.session
-        rows = _retrying(
-            lambda: session.record_trained(
-                [
-                    (result.epoch, result.metrics, result.duration, finished)
-                    for result, finished, _ in batch
-                ],
-                progress_every=PROGRESS_WRITE_SECONDS,
-            ),
-            f"saving epochs {batch[0][0].epoch}-{batch[-1][0].epoch} "
-            f"of session {session.pk}",
+        trained = [
+            (result.epoch, result.metrics, result.duration, finished)
+            for result, finished, _ in batch
+        ]
+        stored = _retrying(
+            lambda: session.record_trained(trained, PROGRESS_WRITE_SECONDS),
+            f"saving epochs {trained[0][0]}-{trained[-1][0]} of session {session.pk}",
         )
         stats = {result.epoch: epoch_stats for result, _, epoch_stats in batch}
-        events.push_trained(session, rows, [stats.get(row.epoch, {}) for row in rows])
+        events.push_trained(
+            session, stored, [stats.get(epoch, {}) for epoch, *_ in stored]
+        )
 
     def flush_or_log(self) -> None:
         """flush() on the way to a failed run's final status: that status must

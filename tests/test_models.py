@@ -400,7 +400,7 @@ def _three_epochs(moment):
 
 
 def _check_three_epochs(session, rows, times):
-    assert [row.epoch for row in rows] == [1, 2, 3]
+    assert [epoch for epoch, *_ in rows] == [1, 2, 3]
     stored = list(EpochMetric.objects.filter(session=session).order_by("epoch"))
     # Saved together, each keeps the time it was trained.
     assert [row.created for row in stored] == times
@@ -421,12 +421,24 @@ def test_the_worker_saves_a_few_epochs_in_one_statement(make_session):
     again = session.record_trained(
         [(2, {"val_accuracy": 0.1}, 0.5, now()), (3, {"val_accuracy": 0.2}, 0.5, now())]
     )
-    assert [(row.epoch, row.val_accuracy) for row in again] == [(2, 0.9), (3, 0.7)]
+    assert [
+        (epoch, metrics["val_accuracy"], duration)
+        for epoch, metrics, duration, _ in again
+    ] == [(2, 0.9, 0.007), (3, 0.7, None)]
     TrainingSession.objects.filter(pk=session.pk).delete()
     with pytest.raises(EpochMetric.DoesNotExist):
         session.record_trained(
             [(4, {"val_accuracy": 0.1}, 0.5, now()), (5, {}, 0.5, now())]
         )
+
+
+def test_the_workers_sqlite_insert_names_every_column():
+    # It builds its rows without the model (_sqlite_epoch_values): a column
+    # added to the model must be added there too.
+    from sessions.models import _SQLITE_EPOCH_COLUMNS
+
+    fields = EpochMetric._meta.concrete_fields
+    assert set(_SQLITE_EPOCH_COLUMNS) == {f.column for f in fields if not f.primary_key}
 
 
 def test_a_few_epochs_saved_inside_a_transaction(make_session):
