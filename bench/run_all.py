@@ -414,7 +414,7 @@ def report(figures: list[Figure], context: dict[str, Any]) -> str:
         )
     lines += ["", "## All figures", ""]
     titles = {
-        "live": "Live latency (epoch saved -> WebSocket viewer)",
+        "live": "Live latency (epoch trained, then saved -> WebSocket viewer)",
         "fanout": "Fan-out",
         "ingest": "Ingest through the run-logging API",
         "reading": "Reading",

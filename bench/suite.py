@@ -245,7 +245,8 @@ async def _watch(
     url: str, token: str, viewers_count: int, start: Callable[[], list[int]]
 ) -> list[float]:
     """Open the viewers, start the runs, and return every progress event's latency
-    (ms from the epoch's save to its arrival) at every viewer."""
+    (ms from the epoch's end, stamped before its save, to its arrival) at every
+    viewer."""
     import websockets
 
     sockets = []
@@ -699,7 +700,8 @@ def _tracked_fit(
 
 def _tracked_between(session_id: int) -> float:
     """_between for a tracked run, from its stored epochs: each one's `created` is
-    when the worker began saving it, its `duration` the epoch's own work."""
+    when its training ended (the worker's on_epoch), its `duration` the epoch's
+    own work."""
     from sessions.models import EpochMetric
 
     rows = EpochMetric.objects.filter(session_id=session_id).order_by("epoch")
@@ -849,7 +851,8 @@ def bench_overhead(
                 f"training with live tracking, {label}",
                 "s",
                 tracked,
-                "worker: start to final status, every epoch saved + pushed",
+                "worker: start to final status, every epoch saved + pushed "
+                "(fast ones a few at a time)",
             ),
             (
                 f"same loop, no tracking, {label}",
