@@ -142,6 +142,23 @@ class SyncViewsASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle HTTP, not {scope['type']}")
+        if fastlog.may_answer(scope):
+            read = await fastlog.read_body(receive)
+            if read is None:  # the client went away
+                return
+            body, receive = read
+            answer = None if body is None else await fastlog.answer(scope, body)
+            if answer is not None:
+                status, headers, content = answer
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": headers,
+                    }
+                )
+                await send({"type": "http.response.body", "body": content})
+                return
         executor = await self.idle.get()
         finished = False
         try:
@@ -199,6 +216,7 @@ django_asgi_app = SyncViewsASGIHandler()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from sessions import fastlog  # noqa: E402
 from sessions.auth import BearerTokenMiddleware, BrowserOriginValidator  # noqa: E402
 from sessions.routing import websocket_urlpatterns  # noqa: E402
 

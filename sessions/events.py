@@ -244,6 +244,9 @@ def parse_wire_message(data: str) -> tuple[list[str], list[str]]:
     return audiences.split(), texts
 
 
+# Key of the PostgreSQL advisory lock every INSERT of events takes (_store).
+EVENT_ORDER_LOCK = 0x6D6C74
+
 # An event to store: its session, its type and its JSON text, as pushed.
 StoredItem = tuple["TrainingSession", str, str]
 
@@ -261,7 +264,7 @@ def _store(items: Sequence[StoredItem]) -> None:
                 (session.pk, session.owner_id, kind, text)
                 for session, kind, text in items
             ],
-            lock=0x6D6C74 if connection.vendor == "postgresql" else None,
+            lock=EVENT_ORDER_LOCK if connection.vendor == "postgresql" else None,
         )
     if any(pk % PRUNE_EVERY == 0 for pk in ids):
         StoredEvent.objects.prune(EVENT_RETENTION)
