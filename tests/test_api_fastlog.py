@@ -8,6 +8,7 @@ path sends."""
 
 import json
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -19,7 +20,7 @@ from django.test import override_settings
 from django.utils.timezone import now
 
 from mltrack.asgi import SyncViewsASGIHandler
-from sessions import fastlog
+from sessions import events, fastlog
 from sessions.models import ApiToken, EpochMetric, TrainingEvent, TrainingSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -327,3 +328,33 @@ def test_a_stop_requested_while_the_call_waits_is_in_its_answer(run, token, view
     assert status == 200 and answer["stored"] == 1
     assert answer["stopRequested"] is True
     assert view_calls == [f"/api/ml/runs/{run.pk}/metrics"]
+
+
+def test_every_thousandth_event_prunes_those_past_retention(run, token, view_calls):
+    old = TrainingEvent.objects.create(
+        session=run, owner=run.owner, type="training_status", data={}
+    )
+    TrainingEvent.objects.filter(pk=old.pk).update(
+        created=now() - events.EVENT_RETENTION - timedelta(hours=1)
+    )
+    # The next event's id is a multiple of PRUNE_EVERY.
+    table = TrainingEvent._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute(
+                "UPDATE sqlite_sequence SET seq = %s WHERE name = %s",
+                [events.PRUNE_EVERY - 1, table],
+            )
+        else:
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
+                [f'"{table}"', events.PRUNE_EVERY - 1],
+            )
+    status, _, _ = post(f"/api/ml/runs/{run.pk}/metrics", one_epoch(), token)
+    assert status == 200 and view_calls == []
+    new = TrainingEvent.objects.get(session=run, type="training_progress")
+    assert new.pk == events.PRUNE_EVERY
+    deadline = time.monotonic() + 10
+    while TrainingEvent.objects.filter(pk=old.pk).exists():
+        assert time.monotonic() < deadline, "the old event was not pruned"
+        time.sleep(0.05)
