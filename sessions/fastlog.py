@@ -182,6 +182,9 @@ def _next_state(
     moment = now()
     new = StoredEpochs(session.pk, [epoch], moment)
     connection = connections[DEFAULT_DB_ALIAS]
+    # The worker's row values, made for SQLite's INSERT; converted through this
+    # connection's own adapters, so PostgreSQL's statement takes them too (with
+    # a cast to each column's type, _postgres_write_sql).
     values = _sqlite_epoch_values(
         connection, session.pk, number, metrics, duration, moment
     )
