@@ -39,6 +39,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.http import JsonResponse
 from django.http.request import split_domain_port, validate_host
 from django.utils.timezone import now
 
@@ -114,7 +115,18 @@ async def answer(scope: dict[str, Any], body: bytes) -> Answer | None:
         if event_id % events.PRUNE_EVERY == 0:
             # As events._store does, off the loop: a DELETE of a week's events.
             asyncio.get_running_loop().run_in_executor(None, _prune_events)
-        response = api._run_response(session, received=1, stored=1, duplicates=0)
+        # What api._run_response answers, with the session's dict the event
+        # made (as_progress_dict: the instance has not changed since): as_dict()
+        # twice was a sixth of the lane's time, most of it reverse() for the URL.
+        response = JsonResponse(
+            {
+                "session": session.as_progress_dict(),
+                "stopRequested": session.status == TrainingSession.Status.STOPPING,
+                "received": 1,
+                "stored": 1,
+                "duplicates": 0,
+            }
+        )
         return 200, _headers(scope, response.content), response.content
     except Exception:  # a bug: the epoch is stored, so answer as the view would
         logger.exception("API %s failed", scope["path"])
