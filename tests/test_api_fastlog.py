@@ -16,6 +16,7 @@ from asgiref.sync import async_to_sync
 from asgiref.testing import ApplicationCommunicator
 from django.core.signals import request_started
 from django.db import connection
+from django.db.models import Max
 from django.test import override_settings
 from django.utils.timezone import now
 
@@ -337,23 +338,28 @@ def test_every_thousandth_event_prunes_those_past_retention(run, token, view_cal
     TrainingEvent.objects.filter(pk=old.pk).update(
         created=now() - events.EVENT_RETENTION - timedelta(hours=1)
     )
-    # The next event's id is a multiple of PRUNE_EVERY.
+    # The next event's id is the next multiple of PRUNE_EVERY (ids are never
+    # reused: the tests before this one drew some).
+    every = events.PRUNE_EVERY
+    pruning_id = (
+        TrainingEvent.objects.aggregate(top=Max("id"))["top"] // every + 1
+    ) * every
     table = TrainingEvent._meta.db_table
     with connection.cursor() as cursor:
         if connection.vendor == "sqlite":
             cursor.execute(
                 "UPDATE sqlite_sequence SET seq = %s WHERE name = %s",
-                [events.PRUNE_EVERY - 1, table],
+                [pruning_id - 1, table],
             )
         else:
             cursor.execute(
                 "SELECT setval(pg_get_serial_sequence(%s, 'id'), %s)",
-                [f'"{table}"', events.PRUNE_EVERY - 1],
+                [f'"{table}"', pruning_id - 1],
             )
     status, _, _ = post(f"/api/ml/runs/{run.pk}/metrics", one_epoch(), token)
     assert status == 200 and view_calls == []
     new = TrainingEvent.objects.get(session=run, type="training_progress")
-    assert new.pk == events.PRUNE_EVERY
+    assert new.pk == pruning_id
     deadline = time.monotonic() + 10
     while TrainingEvent.objects.filter(pk=old.pk).exists():
         assert time.monotonic() < deadline, "the old event was not pruned"
