@@ -207,11 +207,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Training limits.
 MLTRACK_MAX_EPOCHS = env_int("MLTRACK_MAX_EPOCHS", 100_000, minimum=1)
+# The run-logging API's one-epoch call answered on the event loop, before Django's
+# request handling (sessions/fastlog.py). 0 sends every call to the view.
+MLTRACK_FAST_LOG = env_bool("MLTRACK_FAST_LOG", True)
 # Uploaded CSV data sets: checked against this size, stored under MEDIA_ROOT (inside
 # the git-ignored var/ by default) and never served back: there is no MEDIA_URL route.
-# The run-logging API's one-epoch call answered on the event loop, before Django's
-# request handling (sessions/fastlog.py; SQLite only). 0 sends every call to the view.
-MLTRACK_FAST_LOG = env_bool("MLTRACK_FAST_LOG", True)
 MLTRACK_MAX_UPLOAD_MB = env_int("MLTRACK_MAX_UPLOAD_MB", 20, minimum=1)
 MEDIA_ROOT = Path(os.getenv("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
 # How many sessions train at once across all workers; the others wait as queued and

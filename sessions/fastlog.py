@@ -81,7 +81,7 @@ def enabled() -> bool:
 def may_answer(scope: dict[str, Any]) -> bool:
     """Whether this request may be a one-epoch log call the lane answers: worth
     reading its body for. Headers only; answer() decides."""
-    if scope["method"] != "POST" or scope.get("root_path"):
+    if not enabled() or scope["method"] != "POST" or scope.get("root_path"):
         return False
     if not _PATH.fullmatch(scope["path"]):
         return False
@@ -139,7 +139,7 @@ def _plain_request(
 ) -> tuple[str, int, tuple[int, dict[str, Any], float | None]] | None:
     """(token, run id, the one epoch) of a request the view would accept as it is
     and answer the way the lane does, or None."""
-    if not enabled() or _checks_request_differently():
+    if _checks_request_differently():
         return None
     if not _allowed_host(scope) or (
         settings.SECURE_SSL_REDIRECT and not _is_secure(scope)
@@ -150,9 +150,10 @@ def _plain_request(
     if not body.isascii() or b"\\u" in body or b"\x00" in body:
         return None
     token = bearer_token(_header(scope, b"authorization"))
-    session_id = int(_PATH.fullmatch(scope["path"])[1])
-    if token is None or session_id >= api.MAX_ID:
+    if token is None:
         return None
+    # At most 18 digits (_PATH): always below api.MAX_ID, as the view requires.
+    session_id = int(_PATH.fullmatch(scope["path"])[1])
     try:
         parsed = api._parse_json(body)
         if not isinstance(parsed, dict):
@@ -200,17 +201,16 @@ def _next_state(
     values = _sqlite_epoch_values(
         connection, session.pk, number, metrics, duration, moment
     )
+    best = session.best_val_accuracy
+    accuracy = metrics.get("val_accuracy")
+    if accuracy is not None and (best is None or accuracy > best):
+        best = accuracy
     changes: dict[str, Any] = {
         "heartbeat_at": moment,
         "current_epoch": number,
         "final_metrics": new[0].metrics,
-        "best_val_accuracy": session.best_val_accuracy,
+        "best_val_accuracy": best,
     }
-    accuracy = metrics.get("val_accuracy")
-    if accuracy is not None and (
-        session.best_val_accuracy is None or accuracy > session.best_val_accuracy
-    ):
-        changes["best_val_accuracy"] = accuracy
     for name, value in changes.items():
         setattr(session, name, value)
     (event,) = events._epochs_events(session, new, session.external_stats())
