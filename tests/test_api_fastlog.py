@@ -321,11 +321,35 @@ def test_a_stop_requested_while_the_call_waits_is_in_its_answer(run, token, view
         f'UPDATE "{table}" SET "status" = {mark} WHERE "id" = {mark}',
         ["stopping", run.pk],
     )
-    threading.Timer(0.3, other.commit).start()
+
+    def call_waits() -> bool:
+        if connection.vendor == "sqlite":
+            return bool(view_calls)  # the lane found the lock taken: the view waits
+        # PostgreSQL: the lane's write waits for the run's row.
+        waiting = watcher.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return waiting.fetchone()[0] > 0
+
+    def commit_once_the_call_waits() -> None:
+        deadline = time.monotonic() + 10
+        while not call_waits() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        other.commit()
+
+    if connection.vendor != "sqlite":
+        watcher = connection.get_new_connection(connection.get_connection_params())
+        watcher.autocommit = True
+    committer = threading.Thread(target=commit_once_the_call_waits)
+    committer.start()
     try:
         status, _, answer = post(f"/api/ml/runs/{run.pk}/metrics", one_epoch(), token)
     finally:
+        committer.join()
         other.close()
+        if connection.vendor != "sqlite":
+            watcher.close()
     assert status == 200 and answer["stored"] == 1
     assert answer["stopRequested"] is True
     assert view_calls == [f"/api/ml/runs/{run.pk}/metrics"]
