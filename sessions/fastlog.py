@@ -21,9 +21,10 @@ SQLite: the statements block the loop, ~0.2 ms a call, but never wait: the write
 lock is tried once (a busy database goes to the view, which waits on its
 thread), and nothing syncs (WAL with synchronous=NORMAL, and no checkpoints on
 this connection: the view's and the worker's connections run them, at least once
-a minute when the token's last use is written). PostgreSQL: two awaited round
-trips on the loop's own connections, the run read and then one autocommitted
-statement that writes only if the run is still as read.
+a minute when the token's last use is written). PostgreSQL: one awaited round
+trip on the loop's own connections, an autocommitted statement that writes only
+if the run's row is still the version the lane wrote last (_KnownRuns); a run it
+does not know, or one changed since, is read first.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import functools
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -295,31 +297,78 @@ def _session_query(
 ) -> tuple[str, list[Any], Callable[[Any], TrainingSession]]:
     """(SQL, parameters, a row's instance) of the run `session_id` of the active
     user of a live token whose last use need not be written now
-    (sessions.auth.user_for_token writes it): the view's two lookups, joined."""
+    (sessions.auth.user_for_token writes it): the view's two lookups, joined.
+    On PostgreSQL the row ends with the run's row version (xmin), which the
+    instance does not take."""
     _, make = _reader(TrainingSession, connection)
-    due = connection.ops.adapt_datetimefield_value(now() - _LAST_USED_EVERY)
     return (
         _session_sql(connection.vendor),
-        [session_id, ApiToken.hash(raw_token), due],
+        [session_id, *_token_params(connection, raw_token)],
         make,
     )
+
+
+def _token_params(connection: Any, raw_token: str) -> list[Any]:
+    due = connection.ops.adapt_datetimefield_value(now() - _LAST_USED_EVERY)
+    return [ApiToken.hash(raw_token), due]
 
 
 @functools.cache
 def _session_sql(vendor: str) -> str:
     select, _ = _reader(TrainingSession, connections[DEFAULT_DB_ALIAS])
     sessions = TrainingSession._meta.db_table
+    if vendor == "postgresql":
+        select += f', "{sessions}"."xmin"::text'
+    sql = f'SELECT {select} FROM "{sessions}" {_token_join_sql()}'
+    return sql.replace("%s", "?") if vendor == "sqlite" else sql
+
+
+def _token_join_sql() -> str:
+    """The run's owner must hold the token (parameters: the run's id, the
+    token's hash, the last-use time before which a use is due to be written)."""
+    sessions = TrainingSession._meta.db_table
     tokens = ApiToken._meta.db_table
     users = ApiToken._meta.get_field("user").related_model._meta.db_table
-    sql = (
-        f'SELECT {select} FROM "{sessions}"'
-        f' INNER JOIN "{tokens}" ON "{tokens}"."user_id" = "{sessions}"."owner_id"'
+    return (
+        f'INNER JOIN "{tokens}" ON "{tokens}"."user_id" = "{sessions}"."owner_id"'
         f' INNER JOIN "{users}" ON "{users}"."id" = "{tokens}"."user_id"'
         f' WHERE "{sessions}"."id" = %s AND "{tokens}"."key_hash" = %s'
         f' AND "{tokens}"."revoked_at" IS NULL AND "{tokens}"."last_used_at" > %s'
         f' AND "{users}"."is_active"'
     )
-    return sql.replace("%s", "?") if vendor == "sqlite" else sql
+
+
+class _KnownRuns:
+    """The runs the lane wrote last on PostgreSQL, as it left them: the instance
+    and the row version (xmin) of its write. A call for such a run skips the
+    read: its write is conditioned on that version, which any other change to
+    the row (a stop, the view, the admin) replaces, and on the token as the
+    read would check it. A miss costs one statement that writes nothing.
+
+    An entry is taken out while a call uses it, so two calls for one run never
+    share an instance (the second reads the run afresh). Entries older than
+    MAX_AGE are not used: a version number could only come back after billions
+    of transactions, and this bounds how long a run's row is trusted."""
+
+    MOST = 1000
+    MAX_AGE = 60.0
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[Any, int], tuple[TrainingSession, str, float]] = {}
+
+    def take(self, database_name: Any, session_id: int) -> tuple[Any, str] | None:
+        known = self.runs.pop((database_name, session_id), None)
+        if known is None or time.monotonic() - known[2] > self.MAX_AGE:
+            return None
+        return known[0], known[1]
+
+    def keep(self, database_name: Any, session: TrainingSession, version: str) -> None:
+        if len(self.runs) >= self.MOST:
+            del self.runs[next(iter(self.runs))]  # the one left longest ago
+        self.runs[(database_name, session.pk)] = (session, version, time.monotonic())
+
+
+_known_runs = _KnownRuns()
 
 
 async def _store_postgresql(
@@ -328,10 +377,11 @@ async def _store_postgresql(
     session_id: int,
     epoch: tuple[int, dict[str, Any], float | None],
 ) -> tuple[TrainingSession, str, int] | None:
-    """_store_sqlite on PostgreSQL, in two round trips on one of the loop's own
-    connections, awaited: the run as it is, then one autocommitted statement
-    that stores the epoch, the counters and the event only if the run is still
-    as read (the view's transaction takes six round trips, bench/NOTES.md)."""
+    """_store_sqlite on PostgreSQL, on one of the loop's own connections,
+    awaited: one autocommitted statement that stores the epoch, the counters
+    and the event only if the run's row is still the version the lane knows
+    (_KnownRuns), with a read of the run first when it knows none (the view's
+    transaction takes six round trips, bench/NOTES.md)."""
     try:
         database = await _postgres_connections.take(connection)
     except Exception:  # the database is down: the view answers 503
@@ -339,38 +389,65 @@ async def _store_postgresql(
         return None
     if database is None:  # all busy: the view has threads
         return None
+    name = connection.settings_dict["NAME"]
     healthy = False
     try:
-        sql, params, make = _session_query(connection, raw_token, session_id)
-        row = await (await database.execute(sql, params, prepare=True)).fetchone()
-        if row is None:
-            healthy = True
-            return None
-        session = make(row)
-        seen = (session.status, session.current_epoch, session.best_val_accuracy)
-        state = _next_state(session, epoch)
-        if state is None:
-            healthy = True
-            return None
-        changes, values, text = state
-        sql, params = _postgres_write(connection, session, seen, changes, values, text)
-        row = await (await database.execute(sql, params, prepare=True)).fetchone()
+        stored = None
+        known = _known_runs.take(name, session_id)
+        if known is not None:
+            stored = await _write_postgresql(
+                database, connection, raw_token, epoch, *known
+            )
+        if stored is None:  # not known, or changed since: read it
+            sql, params, make = _session_query(connection, raw_token, session_id)
+            row = await (await database.execute(sql, params, prepare=True)).fetchone()
+            if row is not None:
+                stored = await _write_postgresql(
+                    database, connection, raw_token, epoch, make(row[:-1]), row[-1]
+                )
         healthy = True
     except Exception:
-        # The statement failed as a whole (autocommit): nothing was written.
+        # Each statement failed as a whole (autocommit): nothing was written.
         logger.warning("Fast log call failed; the view answers", exc_info=True)
         return None
     finally:
         _postgres_connections.give_back(database, healthy)
-    if row is None:  # the run changed since it was read: the view decides
+    if stored is None:
         return None
-    return session, text, row[0]
+    session, text, event_id, version = stored
+    _known_runs.keep(name, session, version)
+    return session, text, event_id
+
+
+async def _write_postgresql(
+    database: Any,
+    connection: Any,
+    raw_token: str,
+    epoch: tuple[int, dict[str, Any], float | None],
+    session: TrainingSession,
+    version: str,
+) -> tuple[TrainingSession, str, int, str] | None:
+    """(the run as it is now, the event's text and id, the row's new version),
+    or None if nothing was written: the run is not one the lane takes, or its
+    row is no longer `version` (the instance is then left out of date)."""
+    state = _next_state(session, epoch)
+    if state is None:
+        return None
+    changes, values, text = state
+    sql, params = _postgres_write(
+        connection, raw_token, session, version, changes, values, text
+    )
+    row = await (await database.execute(sql, params, prepare=True)).fetchone()
+    if row is None:
+        return None
+    return session, text, row[0], row[1]
 
 
 def _postgres_write(
     connection: Any,
+    raw_token: str,
     session: TrainingSession,
-    seen: tuple[str, int, float | None],
+    version: str,
     changes: dict[str, Any],
     values: list[Any],
     text: str,
@@ -379,7 +456,8 @@ def _postgres_write(
     _, update_params = _session_update(connection, session.pk, changes)
     params = [
         session.pk,
-        *seen,
+        *_token_params(connection, raw_token),
+        version,
         *values,
         *update_params,
         session.owner_id,
@@ -393,11 +471,12 @@ def _postgres_write(
 
 @functools.cache
 def _postgres_write_sql(changed: tuple[str, ...]) -> str:
-    """Lock the run's row if its status and counters are still as seen, insert
-    the epoch, move the counters, and store the event under the event-order lock
-    (events._store), returning the event's id; no row if the run had changed.
-    Parameters in a SELECT list are cast to their column's type: the server
-    cannot infer it there."""
+    """Lock the run's row if it is still the version seen and the token still
+    lets its owner in, insert the epoch, move the counters, and store the event
+    under the event-order lock (events._store), returning the event's id and
+    the row's new version; no row if the run had changed. Parameters in a
+    SELECT list are cast to their column's type: the server cannot infer it
+    there."""
     connection = connections[DEFAULT_DB_ALIAS]
     sessions = TrainingSession._meta.db_table
 
@@ -408,18 +487,20 @@ def _postgres_write_sql(changed: tuple[str, ...]) -> str:
     epoch_values = ", ".join(cast(EpochMetric, name) for name in _SQLITE_EPOCH_COLUMNS)
     update, _ = _session_update(connection, 0, dict.fromkeys(changed))
     return (
-        f'WITH held AS (SELECT "id" FROM "{sessions}" WHERE "id" = %s'
-        ' AND "status" = %s AND "current_epoch" = %s AND "best_val_accuracy"'
-        " IS NOT DISTINCT FROM %s::double precision FOR NO KEY UPDATE),"
+        f'WITH held AS (SELECT "{sessions}"."id" FROM "{sessions}"'
+        f' {_token_join_sql()} AND "{sessions}"."xmin" = %s::text::xid'
+        f' FOR NO KEY UPDATE OF "{sessions}"),'
         f' new AS (INSERT INTO "{EpochMetric._meta.db_table}" ({epoch_columns})'
         f' SELECT {epoch_values} FROM held RETURNING "epoch"),'
-        f' moved AS ({update} AND EXISTS (SELECT 1 FROM new) RETURNING "id")'
-        f' INSERT INTO "{TrainingEvent._meta.db_table}"'
+        f" moved AS ({update} AND EXISTS (SELECT 1 FROM new)"
+        ' RETURNING "id", "xmin"::text AS version),'
+        f' logged AS (INSERT INTO "{TrainingEvent._meta.db_table}"'
         ' ("session_id", "owner_id", "type", "data", "created")'
         f' SELECT moved."id", {cast(TrainingEvent, "owner_id")},'
         f" {cast(TrainingEvent, 'type')}, %s::jsonb, {cast(TrainingEvent, 'created')}"
         " FROM (SELECT pg_advisory_xact_lock(%s::bigint)) AS event_order, moved"
-        ' RETURNING "id"'
+        ' RETURNING "id")'
+        " SELECT logged.id, moved.version FROM logged, moved"
     )
 
 

@@ -288,6 +288,69 @@ def test_every_other_call_reaches_the_view_as_sent(
         assert ApiToken.objects.get().last_used_at > now() - timedelta(minutes=1)
 
 
+def _deactivate_owner(run):
+    type(run.owner).objects.filter(pk=run.owner_id).update(is_active=False)
+
+
+def _store_epoch_2(run):
+    run.record_epochs([(2, {"train_loss": 0.4}, None)])
+
+
+def _rename(run):
+    TrainingSession.objects.filter(pk=run.pk).update(name="renamed")
+
+
+def _ask_to_stop(run):
+    TrainingSession.objects.filter(pk=run.pk).update(status="stopping")
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "stored", "by_view"),
+    [
+        (_finish, 409, None, True),
+        (_revoke, 401, None, True),
+        (_deactivate_owner, 401, None, True),
+        (_give_to_bob, 404, None, True),
+        (_use_token_long_ago, 200, 1, True),
+        (_store_epoch_2, 200, 0, True),
+        (_rename, 200, 1, False),
+        (_ask_to_stop, 200, 1, False),
+    ],
+    ids=[
+        "finished",
+        "token revoked",
+        "owner deactivated",
+        "given to another user",
+        "last use due",
+        "epoch stored by another call",
+        "renamed",
+        "asked to stop",
+    ],
+)
+def test_a_run_changed_after_the_lanes_last_write_is_read_afresh(
+    run, token, view_calls, change, status, stored, by_view
+):
+    # PostgreSQL: the lane knows the run as it wrote it (no read before the
+    # next write), so the next write must find any change, token and owner too.
+    path = f"/api/ml/runs/{run.pk}/metrics"
+    assert post(path, one_epoch(1), token)[0] == 200
+    known = (connection.settings_dict["NAME"], run.pk) in fastlog._known_runs.runs
+    assert known == (connection.vendor == "postgresql")
+    change(run)
+
+    got, _, answer = post(path, one_epoch(2), token)
+    assert (got, view_calls) == (status, [path] if by_view else [])
+    if stored is not None:
+        assert answer["stored"] == stored
+    run.refresh_from_db()
+    stored_epochs = list(run.epochs.values_list("epoch", flat=True))
+    assert stored_epochs == ([1, 2] if got == 200 else [1])
+    if not by_view:  # the lane answered from the run as it is now
+        assert answer["session"]["name"] == run.name
+        assert answer["stopRequested"] == (run.status == "stopping")
+        assert run.epochs.get(epoch=2).train_loss == 0.5
+
+
 def test_a_body_longer_than_its_content_length_reaches_the_view_whole(
     run, token, view_calls
 ):
