@@ -80,6 +80,23 @@ def test_an_integer_beyond_64_bits_is_stored_exactly(client, auth, run):
     assert run.epochs.get().extra == {"count": big}
 
 
+@pytest.mark.parametrize(
+    "value",
+    [-(2**64) - 1, 10**20, 0.00012345678901234567, 12345678901234567890.5],
+    ids=["negative integer", "integer as JavaScript writes 1e20", "small", "large"],
+)
+def test_long_runs_of_digits_are_stored_exactly(client, auth, run, value):
+    # Integers go to json (orjson would make floats of them), a float's long
+    # run of fraction digits to orjson: both read as json.loads reads them.
+    body = {"epochs": [{"epoch": 1, "metrics": {"val_loss": 0.5, "x": value}}]}
+    assert send(client, run.pk, body, auth).json()["stored"] == 1
+    stored = run.epochs.get().extra["x"]
+    if isinstance(value, int):
+        assert stored == value and isinstance(stored, int)
+    else:  # PostgreSQL's jsonb writes 1.2e19 out in full (an int to json.loads)
+        assert float(stored) == value
+
+
 def test_epochs_of_one_batch_may_log_different_metrics(client, auth, run):
     body = {
         "epochs": [
