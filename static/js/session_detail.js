@@ -21,9 +21,11 @@
   let session = initial.focus;
   let lastStats = null;
   let store = new EpochStore(session.id);
-  initial.focusEpochs.forEach((row) => store.add(row));
+  // The chart API's answer for the whole run, embedded in the page.
+  const overview = JSON.parse(document.getElementById("chart-data").textContent);
+  overview.epochs.forEach((row) => store.add(row));
   // A thinned overview holds only the points worth drawing, not every epoch.
-  let downsampled = initial.downsampled;
+  let downsampled = overview.downsampled;
   let zoom = null;
   let refreshing = null;
   let lastOverview = Date.now();
