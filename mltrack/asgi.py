@@ -229,6 +229,34 @@ application = ProtocolTypeRouter(
     }
 )
 
+
+def _leave_form_bodies_unparsed() -> None:
+    """Tell Twisted not to parse POST bodies into request.args under daphne.
+
+    Daphne hands the raw body to the application and never reads request.args,
+    but Twisted's Request parses every form POST's body into them, on the event
+    loop: a 9 MB CSV upload held it ~270 ms here (every WebSocket and request of
+    the process waited), and each JSON POST paid ~40 us to have its
+    Content-Type read through email.message. parsePOSTFormSubmission is
+    Twisted's own switch for this; daphne does not pass it on."""
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:  # served by another ASGI server
+        return
+    init = WebRequest.__init__
+    if getattr(init, "leaves_form_bodies_unparsed", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        init(self, *args, **kwargs)
+
+    __init__.leaves_form_bodies_unparsed = True  # type: ignore[attr-defined]
+    WebRequest.__init__ = __init__
+
+
+_leave_form_bodies_unparsed()
+
 # Django, Channels and daphne's Twisted, loaded by now, are ~120,000 objects held
 # for life; each full collection walked them all, ~50-160 ms on this machine, one
 # every 60-70 log batches of 1,000 epochs (whose live rows get promoted while
