@@ -334,3 +334,11 @@ def test_only_a_tokens_name_can_be_edited(staff_client, alice, bob):
     assert token.name == "ci" and token.user == alice
     assert token.revoked_at is not None
     assert ApiToken.objects.authenticate(raw) is None
+
+
+def test_its_pages_link_the_site_icon(staff_client):
+    # Without a link, a browser asks for /favicon.ico, which is not served (a
+    # 404 in the console of every admin page).
+    html = staff_client.get("/admin/training/trainingsession/").content.decode()
+    assert '<link rel="icon" href="/static/favicon' in html
+    assert 'id="site-name"' in html  # admin's own base_site, extended
