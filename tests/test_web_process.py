@@ -1,29 +1,36 @@
-"""The web process must stay light: scikit-learn is the worker's business."""
+"""The web process as daphne loads it, in a fresh interpreter each time."""
 
 import subprocess
 import sys
 
+SETUP = (
+    "import os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
+    " 'mltrack.settings'); import mltrack.asgi; "
+)
+
+
+def last_line_printed(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", SETUP + code], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip().splitlines()[-1]
+
 
 def test_the_asgi_app_and_urls_do_not_import_scikit_learn():
+    # The web process must stay light: scikit-learn is the worker's business.
     code = (
-        "import django, os, sys; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
-        " 'mltrack.settings'); import mltrack.asgi; import mltrack.urls;"
+        "import mltrack.urls;"
         " import sessions.api, sessions.views, sessions.forms, sessions.tasks;"
         " print('sklearn' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "False"
+    assert last_line_printed(code) == "False"
 
 
 def test_daphne_leaves_form_bodies_to_django():
     # Twisted would parse a form POST's body (a CSV upload) into request.args on
     # the event loop; daphne hands the raw body on and never reads them.
     code = (
-        "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE',"
-        " 'mltrack.settings'); import mltrack.asgi;"
-        " from types import SimpleNamespace;"
+        "from types import SimpleNamespace;"
         " from twisted.web.test.requesthelper import DummyChannel;"
         " from daphne.http_protocol import WebRequest;"
         " channel = DummyChannel();"
@@ -31,7 +38,4 @@ def test_daphne_leaves_form_bodies_to_django():
         "protocol_connected=lambda request: None));"
         " print(WebRequest(channel)._parsePOSTFormSubmission)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip().splitlines()[-1] == "False"
+    assert last_line_printed(code) == "False"
