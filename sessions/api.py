@@ -21,6 +21,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render
 from django.urls import reverse
@@ -103,6 +104,12 @@ def api_view(methods: tuple[str, ...]) -> Callable:
                 limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
                 return error_response(
                     413, f"Request body too large: at most {limit} bytes"
+                )
+            except MultiPartParserError as exc:
+                # A multipart body Django cannot read (no boundary, say): the
+                # client's error, as Django's own handler answers it.
+                return error_response(
+                    400, f"The request body is not valid multipart/form-data: {exc}"
                 )
             except (OperationalError, InterfaceError):
                 # "database is locked", a lock timeout or a dropped connection

@@ -127,3 +127,17 @@ def test_it_rejects_a_file_over_the_size_limit(client, headers, media, settings)
     assert response.status_code == 400
     assert "the limit is 1 MB" in response.json()["fields"]["csvFile"]
     assert TrainingSession.objects.count() == 0 and stored_files(media) == []
+
+
+def test_a_multipart_body_without_a_boundary_is_refused_with_400(
+    client, headers, media
+):
+    response = client.post(
+        URL,
+        b'{"modelType": "randomforest", "dataset": "digits"}',
+        content_type="multipart/form-data",
+        **headers,
+    )
+    assert response.status_code == 400
+    assert "not valid multipart/form-data" in response.json()["error"]
+    assert TrainingSession.objects.count() == 0 and stored_files(media) == []
