@@ -244,14 +244,11 @@ def _leave_form_bodies_unparsed() -> None:
     except ImportError:  # served by another ASGI server
         return
     init = WebRequest.__init__
-    if getattr(init, "leaves_form_bodies_unparsed", False):
-        return
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         init(self, *args, **kwargs)
 
-    __init__.leaves_form_bodies_unparsed = True  # type: ignore[attr-defined]
     WebRequest.__init__ = __init__
 
 

@@ -438,14 +438,19 @@ def _require_active(session: TrainingSession) -> None:
 def _run_response(
     session: TrainingSession, status: int = 200, **extra: Any
 ) -> JsonResponse:
-    return JsonResponse(
-        {
-            "session": session.as_dict(),
-            "stopRequested": session.status == TrainingSession.Status.STOPPING,
-            **extra,
-        },
-        status=status,
-    )
+    return JsonResponse(run_answer(session, session.as_dict(), **extra), status=status)
+
+
+def run_answer(
+    session: TrainingSession, shown: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A run endpoint's answer: the run as `shown` (its as_dict()), whether a
+    stop was asked, and `extra`."""
+    return {
+        "session": shown,
+        "stopRequested": session.status == TrainingSession.Status.STOPPING,
+        **extra,
+    }
 
 
 def _bad(field: str, message: str) -> ApiError:
