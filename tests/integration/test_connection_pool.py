@@ -80,6 +80,12 @@ def test_a_kept_connection_that_died_is_replaced_before_a_request_uses_it(web, a
     (killed,) = _web_backends(web)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [killed[0]])
+    # pg_terminate_backend only signals: wait until the backend has gone, so
+    # the request meets a connection that died, not one that is dying.
+    deadline = time.monotonic() + 10
+    while killed in _web_backends(web):
+        assert time.monotonic() < deadline, "the backend did not exit"
+        time.sleep(0.01)
     assert call(web, "GET", "/api/ml/training-data", token)["total"] == 0
     assert _web_backends(web)[0] != killed
 
