@@ -218,13 +218,18 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from sessions import fastlog  # noqa: E402
 from sessions.auth import BearerTokenMiddleware, BrowserOriginValidator  # noqa: E402
+from sessions.events import ServerSendMiddleware  # noqa: E402
 from sessions.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": BrowserOriginValidator(
-            AuthMiddlewareStack(BearerTokenMiddleware(URLRouter(websocket_urlpatterns)))
+        "websocket": ServerSendMiddleware(
+            BrowserOriginValidator(
+                AuthMiddlewareStack(
+                    BearerTokenMiddleware(URLRouter(websocket_urlpatterns))
+                )
+            )
         ),
     }
 )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -26,6 +27,7 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         self.audience: str | None = None
+        self.write_frame: Callable[[bytes], bool] | None = None
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
@@ -49,6 +51,7 @@ class TrainingConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=events.CLOSE_TRY_AGAIN)
             return
         self.audience = audience
+        self.write_frame = events.frame_writer(self.scope.get(events.SERVER_SEND))
         await self.accept()
 
     async def disconnect(self, code: int) -> None:

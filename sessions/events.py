@@ -15,12 +15,14 @@ nothing, Redis up or down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import select
+import struct
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
@@ -478,7 +480,11 @@ def _publisher() -> _Publisher:
 
 
 class Viewer(Protocol):
-    """A WebSocket that shows events: the consumer."""
+    """A WebSocket that shows events: the consumer.
+
+    A viewer may also have `write_frame` (see frame_writer): the fan-out then
+    writes the frame it built once for every viewer straight to the socket.
+    """
 
     async def send(self, text_data: str | None = None) -> None: ...
 
@@ -583,9 +589,18 @@ class LocalFanout:
                 for audience in audiences:
                     for viewer in self.viewers.get(audience, ()):
                         texts.setdefault(viewer, []).extend(event_texts)
+            # Viewers of the same audiences get the same frame: build it once.
+            frames: dict[tuple[str, ...], tuple[str, bytes]] = {}
             for viewer, viewer_texts in texts.items():
+                key = tuple(viewer_texts)
+                if key not in frames:
+                    text = _frame(viewer_texts)
+                    frames[key] = text, websocket_text_frame(text)
+                text, frame = frames[key]
                 try:
-                    await viewer.send(text_data=_frame(viewer_texts))
+                    write_frame = getattr(viewer, "write_frame", None)
+                    if write_frame is None or not write_frame(frame):
+                        await viewer.send(text_data=text)
                 except Exception:  # one broken socket must not starve the rest
                     logger.debug("Could not send to a viewer", exc_info=True)
 
@@ -607,6 +622,111 @@ def _frame(texts: list[str]) -> str:
     if len(texts) == 1:
         return texts[0]
     return '{"type": "batch", "events": [' + ", ".join(texts) + "]}"
+
+
+def websocket_text_frame(text: str) -> bytes:
+    """A server's unfragmented, unmasked, uncompressed WebSocket text frame
+    (RFC 6455 5.2): the bytes daphne would write for `text`."""
+    payload = text.encode("utf-8")
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+# The key under which ServerSendMiddleware leaves the server's own send callable.
+SERVER_SEND = "mltrack.server_send"
+
+
+class ServerSendMiddleware:
+    """Keeps the ASGI server's own `send` in the scope, before the session and
+    auth middleware wrap it, for frame_writer."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        return await self.inner(dict(scope, **{SERVER_SEND: send}), receive, send)
+
+
+def frame_writer(server_send: Any) -> Callable[[bytes], bool] | None:
+    """A function that writes a ready-made frame straight to daphne's socket,
+    or None when the socket is not daphne's (the test communicator, another
+    server): such a viewer gets each event through the ASGI send.
+
+    Why: sending one event to 100 viewers through the ASGI send cost daphne ~140
+    us of CPU per viewer (Channels' send, the session middleware's check of the
+    session on every message, daphne's reply handling, autobahn framing and
+    logging the same payload each time) and, on two cores shared with the worker,
+    made the 100th viewer wait (bench/NOTES.md, session 15). Daphne hands each
+    connection `functools.partial(server.handle_reply, protocol)`; its protocol
+    is an autobahn WebSocketServerProtocol over a Twisted transport. The function
+    writes only while daphne would (the socket open, daphne not told it has
+    gone, autobahn's own send queue empty, no compression negotiated), so frames
+    keep their order with anything sent the ASGI way; otherwise it returns
+    False and the caller sends the ASGI way.
+    """
+    from autobahn.websocket.protocol import WebSocketServerProtocol
+
+    if not isinstance(server_send, functools.partial) or not server_send.args:
+        return None
+    protocol, server = server_send.args[0], getattr(server_send.func, "__self__", None)
+    if not isinstance(protocol, WebSocketServerProtocol) or not isinstance(
+        getattr(server, "connections", None), dict
+    ):
+        return None
+
+    def write(frame: bytes) -> bool:
+        if (
+            protocol.state != protocol.STATE_OPEN
+            or protocol.send_queue
+            or getattr(protocol, "_perMessageCompress", None) is not None
+            or server.connections.get(protocol, {"disconnected": True}).get(
+                "disconnected"
+            )
+        ):
+            return False
+        _write_now(protocol.transport, frame)
+        return True
+
+    return write
+
+
+def _write_now(transport: Any, frame: bytes) -> None:
+    """Write `frame` to a Twisted TCP transport, straight to its socket when
+    nothing is queued before it.
+
+    Twisted's write() only queues: it asks the event loop to watch the socket
+    for writability and writes on the loop's next turn, then stops watching, two
+    epoll_ctl calls and a callback through Twisted's logging context per socket
+    and frame (over half of daphne's remaining CPU for 100 viewers). The bytes
+    keep their order: whatever Twisted has queued goes first, through it.
+    """
+    from twisted.internet.tcp import Connection
+
+    if (
+        not isinstance(transport, Connection)
+        or transport.TLS
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or transport._tempDataBuffer
+        or transport.offset != len(transport.dataBuffer)
+    ):
+        transport.write(frame)
+        return
+    try:
+        sent = transport.socket.send(frame)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        sent = 0  # the connection is going: Twisted's write() will find out
+    if sent < len(frame):
+        transport.write(frame[sent:])
 
 
 # "Try again later": the page reconnects with backoff.

@@ -112,3 +112,57 @@ def test_stopping_a_run_keeps_its_finished_epochs(live_stack, alice):
     assert session.status == "stopped" and final["session"]["status"] == "stopped"
     epochs = list(session.epochs.values_list("epoch", flat=True))
     assert epochs == list(range(1, len(epochs) + 1)) and 3 <= len(epochs) < 500
+
+
+def test_a_viewer_that_reads_late_still_gets_every_event_whole_and_in_order(
+    live_stack, alice
+):
+    # The fan-out writes frames straight to daphne's sockets while they can take
+    # them and leaves the rest to Twisted (events.frame_writer): a viewer that
+    # stops reading fills its socket, and what follows must queue behind what
+    # is already waiting, frame by frame, while a prompt viewer keeps up.
+    import json
+
+    import redis
+
+    from sessions import events
+
+    _, token = ApiToken.issue(alice, name="late reader")
+    ws_url = live_stack.url.replace("http", "ws") + "/ws/training/"
+    headers = {"Authorization": f"Bearer {token}"}
+    count, padding = 120, "x" * 100_000  # ~12 MB: more than both socket buffers
+
+    async def scenario():
+        prompt_events: list[dict] = []
+        async with (
+            websockets.connect(
+                ws_url, additional_headers=headers, max_size=None
+            ) as prompt,
+            # max_queue=1: the client stops reading after one waiting frame.
+            websockets.connect(
+                ws_url, additional_headers=headers, max_size=None, max_queue=1
+            ) as late,
+        ):
+            publisher = redis.Redis.from_url(live_stack.redis_url)
+            for number in range(count):
+                text = json.dumps(
+                    {"type": "test_event", "number": number, "padding": padding}
+                )
+                publisher.publish(
+                    events.events_channel(live_stack.redis_url),
+                    events.wire_message([events.user_audience(alice.pk)], text),
+                )
+            publisher.close()
+            while len(prompt_events) < count:
+                raw = await asyncio.wait_for(prompt.recv(), timeout=30)
+                prompt_events += ws_events(raw)
+            late_events: list[dict] = []
+            while len(late_events) < count:
+                raw = await asyncio.wait_for(late.recv(), timeout=30)
+                late_events += ws_events(raw)
+        return prompt_events, late_events
+
+    prompt_events, late_events = asyncio.run(scenario())
+    for received in (prompt_events, late_events):
+        assert [e["number"] for e in received] == list(range(count))
+        assert all(e["padding"] == padding for e in received)
