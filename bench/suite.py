@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import viewers, worker_tasks  # noqa: E402
+from bench import viewers, worker_tasks, wsclient  # noqa: E402
 from bench.common import (  # noqa: E402
     PG_BENCH_DB,
     VAR,
@@ -246,55 +246,48 @@ async def _watch(
 ) -> list[float]:
     """Open the viewers, start the runs, and return every progress event's latency
     (ms from the epoch's end, stamped before its save, to its arrival) at every
-    viewer."""
-    import websockets
+    viewer. A message arrives when its bytes are read off the viewer's socket
+    (bench/wsclient.py)."""
+    state: dict[str, Any] = {"ids": None}
+    all_finished = asyncio.Event()
+    arrivals: list[list[tuple[float, str]]] = []
+    finished_viewers: set[int] = set()
+
+    def viewer(number: int) -> Callable[[float, str], None]:
+        received: list[tuple[float, str]] = []
+        arrivals.append(received)
+        finished: set[int] = set()
+
+        def on_message(arrived: float, raw: str) -> None:
+            received.append((arrived, raw))  # parsed once the runs are over
+            if not any(final in raw for final in FINAL_TYPES):
+                return
+            for event in frame_events(raw):
+                if event.get("type") in FINAL_TYPES:
+                    finished.add(event["session"]["id"])
+            if state["ids"] is not None and set(state["ids"]) <= finished:
+                finished_viewers.add(number)
+                if len(finished_viewers) == viewers_count:
+                    all_finished.set()
+
+        return on_message
 
     sockets = []
     for first in range(0, viewers_count, 20):
         sockets += await asyncio.gather(
             *(
-                websockets.connect(
-                    url,
-                    additional_headers={"Authorization": f"Bearer {token}"},
-                    max_size=None,
-                    ping_interval=None,
-                    open_timeout=60,
-                )
-                for _ in range(min(20, viewers_count - first))
+                wsclient.connect(url, token, viewer(number))
+                for number in range(first, min(first + 20, viewers_count))
             )
         )
-    state: dict[str, Any] = {"ids": None}
-    ids_known = asyncio.Event()
-
-    async def collect(socket: Any) -> list[tuple[float, str]]:
-        arrivals: list[tuple[float, str]] = []
-        finished: set[int] = set()
-        deadline = time.monotonic() + 600
-        while not (ids_known.is_set() and set(state["ids"]) <= finished):
-            try:
-                raw = await asyncio.wait_for(socket.recv(), 1.0)
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-                continue
-            # Stamp first, parse later: parsing here would delay the next stamp.
-            arrivals.append((time.time(), raw))
-            if not raw.startswith('{"type": "training_progress"'):
-                for event in frame_events(raw):
-                    if event.get("type") in FINAL_TYPES:
-                        finished.add(event["session"]["id"])
-        return arrivals
-
-    collectors = [asyncio.create_task(collect(s)) for s in sockets]
     state["ids"] = await asyncio.to_thread(start)
-    ids_known.set()
-    gathered = await asyncio.gather(*collectors)
+    await asyncio.wait_for(all_finished.wait(), 600)
     for socket in sockets:
         await socket.close()
     latencies = []
     ids = set(state["ids"])
-    for arrivals in gathered:
-        for arrived, raw in arrivals:
+    for received in arrivals:
+        for arrived, raw in received:
             for event in frame_events(raw):
                 progress = event["type"] == "training_progress"
                 if progress and event["session"]["id"] in ids:

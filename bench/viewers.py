@@ -7,56 +7,53 @@ No Django here: a viewer is any client holding a bearer token.
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Callable
 from typing import Any
 
-import websockets
-
-
-async def _connect(url: str, token: str) -> Any:
-    return await websockets.connect(
-        url,
-        additional_headers={"Authorization": f"Bearer {token}"},
-        max_size=None,
-        ping_interval=None,
-        open_timeout=60,
-    )
+from bench import wsclient
 
 
 async def _viewers(
     urls: list[str], token: str, expected: int, ready: Any, timeout: float
 ) -> dict[str, Any]:
+    counts = [0] * len(urls)
+    firsts = [0.0] * len(urls)
+    lasts = [0.0] * len(urls)
+    done = asyncio.Event()
+    complete: set[int] = set()
+
+    def viewer(number: int) -> Callable[[float, str], None]:
+        def on_message(arrived: float, raw: str) -> None:
+            # A batch frame carries several events: count events, not frames.
+            counts[number] += raw.count('"type": "training_progress"')
+            firsts[number] = firsts[number] or arrived
+            lasts[number] = arrived
+            if counts[number] >= expected:
+                complete.add(number)
+                if len(complete) == len(urls):
+                    done.set()
+
+        return on_message
+
     sockets = []
     for start in range(0, len(urls), 20):
         sockets += await asyncio.gather(
-            *(_connect(url, token) for url in urls[start : start + 20])
+            *(
+                wsclient.connect(url, token, viewer(start + offset))
+                for offset, url in enumerate(urls[start : start + 20])
+            )
         )
     ready.put(len(sockets))
-
-    async def count(socket: Any) -> tuple[int, float, float]:
-        received = 0
-        first = last = 0.0
-        deadline = time.monotonic() + timeout
-        while received < expected:
-            try:
-                raw = await asyncio.wait_for(
-                    socket.recv(), max(0.01, deadline - time.monotonic())
-                )
-            except TimeoutError:
-                break
-            last = time.time()
-            first = first or last
-            # A batch frame carries several events: count events, not frames.
-            received += raw.count('"type": "training_progress"')
-        return received, first, last
-
-    counted = await asyncio.gather(*(count(s) for s in sockets))
+    try:
+        await asyncio.wait_for(done.wait(), timeout)
+    except TimeoutError:
+        pass  # counted as lost
     for socket in sockets:
         await socket.close()
     return {
-        "counts": [c[0] for c in counted],
-        "first": min((c[1] for c in counted if c[1]), default=0.0),
-        "last": max((c[2] for c in counted), default=0.0),
+        "counts": counts,
+        "first": min((first for first in firsts if first), default=0.0),
+        "last": max(lasts, default=0.0),
     }
 
 
