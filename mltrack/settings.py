@@ -256,6 +256,9 @@ MLTRACK_WORKER_NICENESS = env_int("MLTRACK_WORKER_NICENESS", 10, minimum=0)
 MLTRACK_WORKER_SWITCH_MICROSECONDS = env_int(
     "MLTRACK_WORKER_SWITCH_MICROSECONDS", 100, minimum=1
 )
+# How many of a worker process's runs compute at the same moment; the others
+# wait for a turn at an epoch or chunk boundary (sessions.tasks.TrainingTurns).
+MLTRACK_WORKER_TRAINING_SLOTS = env_int("MLTRACK_WORKER_TRAINING_SLOTS", 1, minimum=1)
 # How long the worker keeps retrying a write while the database is unavailable or
 # locked before it gives up on the run.
 MLTRACK_DB_RETRY_SECONDS = env_int("MLTRACK_DB_RETRY_SECONDS", 60, minimum=0)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -130,11 +131,14 @@ class _EpochSaver:
         self.oldest = 0.0  # when the oldest pending epoch ended (monotonic)
         self.previous: float | None = None  # when the last epoch ended
 
-    def add(self, result: Any, stats: dict[str, Any]) -> None:
+    def add(
+        self, result: Any, stats: dict[str, Any], finished: datetime | None = None
+    ) -> None:
+        """`finished`: when the epoch ended (now, if not given)."""
         clock = self.clock()
         if not self.pending:
             self.oldest = clock
-        self.pending.append((result, now(), stats))
+        self.pending.append((result, finished or now(), stats))
         step = None if self.previous is None else clock - self.previous
         self.previous = clock
         if (
@@ -179,6 +183,81 @@ def _save_progress(session: TrainingSession) -> None:
     _retrying(session.save_progress, f"saving the progress of session {session.pk}")
 
 
+# How long a run may keep computing, at its chunk boundaries, while another
+# run of the same worker process waits for a turn (see TrainingTurns).
+TURN_SECONDS = 0.05
+
+
+class TrainingTurns:
+    """The runs one worker process trains take turns at computing: at most
+    `slots` compute at a time, and the others wait at an epoch boundary (or,
+    after TURN_SECONDS, at a chunk boundary of a long epoch), first come, first
+    served. Saving and pushing an epoch happen outside a turn.
+
+    Why: every run is a thread of one process, and scikit-learn's epochs are
+    mostly Python, so they share one GIL. Ten runs computing at once made each
+    thread give the GIL up every switch interval and wait behind nine others for
+    it, at every one of the ~10 points where an epoch's save lets it go: 17 ms
+    from an epoch's end to its push (median), and ~2.7x the CPU for the same
+    epochs. With one turn, 10 logistic/iris runs took 37 s of CPU instead of 80
+    and their events reached a viewer in 2.5 ms instead of 19 (bench/NOTES.md,
+    session 15); 4 MLP runs finished in 5.2 s instead of 8.5-9.1, 4 random
+    forests in 8.8 s instead of 9.5. Every run still progresses; long epochs
+    take turns at their chunks, so a quick run does not wait a whole long epoch.
+    """
+
+    def __init__(self, slots: int, turn_seconds: float = TURN_SECONDS) -> None:
+        self.lock = threading.Lock()
+        self.free = slots
+        self.turn_seconds = turn_seconds
+        self.waiting: collections.deque[threading.Lock] = collections.deque()
+        self.taken_at = threading.local()
+
+    def take(self) -> None:
+        """Wait for a turn (in order of asking) and take it."""
+        with self.lock:
+            if self.free and not self.waiting:
+                self.free -= 1
+                self.taken_at.value = time.monotonic()
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self.waiting.append(turn)
+        turn.acquire()  # give_back() hands the turn over by releasing it
+        self.taken_at.value = time.monotonic()
+
+    def give_back(self) -> None:
+        """End this thread's turn: the longest waiting run gets it."""
+        with self.lock:
+            if self.waiting:
+                self.waiting.popleft().release()
+            else:
+                self.free += 1
+
+    def pass_if_due(self) -> None:
+        """At a chunk boundary: if this turn has lasted TURN_SECONDS and another
+        run waits, let it have a turn and wait for the next."""
+        if not self.waiting:
+            return
+        if time.monotonic() - getattr(self.taken_at, "value", 0.0) < self.turn_seconds:
+            return
+        self.give_back()
+        self.take()
+
+
+_turns: TrainingTurns | None = None
+_turns_lock = threading.Lock()
+
+
+def training_turns() -> TrainingTurns:
+    """This worker process's turns, made on first use from the settings."""
+    global _turns
+    with _turns_lock:
+        if _turns is None:
+            _turns = TrainingTurns(settings.MLTRACK_WORKER_TRAINING_SLOTS)
+        return _turns
+
+
 # How stale the status behind should_stop may be: a stop request (or a session
 # failed as lost) is seen within this, at the next epoch boundary or chunk.
 STATUS_CHECK_SECONDS = 0.2
@@ -189,12 +268,15 @@ class _StopCheck:
     STATUS_CHECK_SECONDS rather than at every epoch and chunk, since a query per
     epoch is a real share of a small model's epoch of a few milliseconds."""
 
-    def __init__(self, session: TrainingSession) -> None:
+    def __init__(self, session: TrainingSession, turns: TrainingTurns) -> None:
         self.session = session
         self.status = session.status
         self.read_at = time.monotonic()
+        self.turns = turns
 
     def __call__(self) -> bool:
+        # Called between epochs and between chunks of a long epoch.
+        self.turns.pass_if_due()
         if time.monotonic() - self.read_at >= STATUS_CHECK_SECONDS:
             self.status = _retrying(
                 self.session.current_status, f"reading session {self.session.pk}"
@@ -257,28 +339,46 @@ def run_training(self: Any, session_id: int) -> str:
     losses = diagnostics.LossWatch()
 
     saver = _EpochSaver(session)
+    turns = training_turns()
 
     def on_epoch(result: training.EpochResult) -> None:
-        # The session keeps every warning seen; the event also says which hold now.
-        current = losses.add(result.metrics["train_loss"], result.metrics["val_loss"])
-        flagged = diagnostics.merge(session.diagnostics, current)
-        if flagged != session.diagnostics:
-            _retrying(lambda: session.set_diagnostics(flagged), "saving diagnostics")
-        stats = progress.stats(result.epoch)
-        stats["diagnostics"] = current
-        saver.add(result, stats)
+        finished = now()
+        turns.give_back()  # the save and push need no turn
+        try:
+            # The session keeps every warning seen; the event also says which
+            # hold now.
+            current = losses.add(
+                result.metrics["train_loss"], result.metrics["val_loss"]
+            )
+            flagged = diagnostics.merge(session.diagnostics, current)
+            if flagged != session.diagnostics:
+                _retrying(
+                    lambda: session.set_diagnostics(flagged), "saving diagnostics"
+                )
+            stats = progress.stats(result.epoch)
+            stats["diagnostics"] = current
+            saver.add(result, stats, finished)
+        finally:
+            turns.take()
+
+    def fit() -> training.FitResult:
+        turns.take()
+        try:
+            return training.fit(
+                session.model_type,
+                session.dataset,
+                session.params,
+                session.total_epochs or 0,
+                on_epoch=on_epoch,
+                should_stop=_StopCheck(session, turns),
+                csv_path=session.data_file.path if session.data_file else None,
+                target_column=session.target_column or None,
+            )
+        finally:
+            turns.give_back()
 
     try:
-        result = training.fit(
-            session.model_type,
-            session.dataset,
-            session.params,
-            session.total_epochs or 0,
-            on_epoch=on_epoch,
-            should_stop=_StopCheck(session),
-            csv_path=session.data_file.path if session.data_file else None,
-            target_column=session.target_column or None,
-        )
+        result = fit()
         saver.flush()
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()

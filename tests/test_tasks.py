@@ -235,3 +235,85 @@ def test_a_worker_gives_each_run_one_blas_thread():
         check=True,
     )
     assert answer.stdout.strip() == "[1]", answer.stderr
+
+
+def _wait_until(condition, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.001)  # polling another thread's progress
+
+
+def test_runs_take_turns_in_the_order_they_asked():
+    import threading
+
+    from sessions.tasks import TrainingTurns
+
+    turns = TrainingTurns(slots=1)
+    order: list[str] = []
+    turns.take()  # the first run computes
+
+    def run(name: str) -> None:
+        turns.take()
+        order.append(name)
+        turns.give_back()
+
+    threads = []
+    for name in ("second", "third", "fourth"):
+        thread = threading.Thread(target=run, args=(name,))
+        thread.start()
+        threads.append(thread)
+        # Each asks only once the one before it waits.
+        asked = len(threads)
+        _wait_until(lambda: len(turns.waiting) == asked)  # noqa: B023
+    assert order == []  # nobody computes while the first run has the turn
+    turns.give_back()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["second", "third", "fourth"]
+    assert turns.free == 1 and not turns.waiting
+
+
+def test_a_long_epoch_lets_a_waiting_run_have_a_turn_at_its_next_chunk():
+    import threading
+
+    from sessions.tasks import TrainingTurns
+
+    turns = TrainingTurns(slots=1, turn_seconds=0.0)
+    turns.take()
+    turns.pass_if_due()  # nobody waits: the turn is kept
+    assert turns.free == 0 and not turns.waiting
+    computed = threading.Event()
+
+    def quick_run() -> None:
+        turns.take()
+        computed.set()
+        turns.give_back()
+
+    thread = threading.Thread(target=quick_run)
+    thread.start()
+    _wait_until(lambda: len(turns.waiting) == 1)
+    turns.pass_if_due()  # returns once the quick run has had its turn
+    assert computed.is_set()
+    thread.join(10)
+    turns.give_back()
+    assert turns.free == 1
+
+
+def test_a_turn_held_shorter_than_turn_seconds_is_kept():
+    import threading
+
+    from sessions.tasks import TrainingTurns
+
+    turns = TrainingTurns(slots=1, turn_seconds=3600)
+    turns.take()
+    thread = threading.Thread(target=lambda: (turns.take(), turns.give_back()))
+    thread.start()
+    _wait_until(lambda: len(turns.waiting) == 1)
+    turns.pass_if_due()
+    assert len(turns.waiting) == 1  # still waiting: the turn was kept
+    turns.give_back()
+    thread.join(10)
+    assert turns.free == 1
