@@ -65,3 +65,33 @@ def test_the_quick_overhead_bench_fits_in_the_worker_and_apart(tmp_path: Path) -
         "overhead against a separate process, logistic/iris, 20 epochs: median",
     ):
         assert name in finished.stdout, finished.stdout
+
+
+def test_the_quick_live_and_fanout_benches_hear_every_event(tmp_path: Path) -> None:
+    # Their viewers are bench/wsclient.py's sockets: every event of every run
+    # must reach every viewer, or the bench times out or reports losses.
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "bench/suite.py",
+            "--db",
+            "sqlite",
+            "--quick",
+            "--only",
+            "live,fanout",
+            "--out",
+            str(tmp_path / "sqlite.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    for line in (
+        "latency median, 4 viewers of one run: median",
+        "20-epoch logistic/iris runs; 80 events per repetition",
+        "latency median, 2 runs at once, 1 viewer: median",
+        "lost messages per repetition: [0]",
+    ):
+        assert line in finished.stdout, finished.stdout
