@@ -41,24 +41,7 @@ def test_the_quick_reading_bench_measures_and_writes_a_report(tmp_path: Path) ->
 def test_the_quick_overhead_bench_fits_in_the_worker_and_apart(tmp_path: Path) -> None:
     # The untracked side runs as a bench-only task in the bench's own worker
     # (bench/worker_tasks.py, loaded with --include) and in a separate process.
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "bench/suite.py",
-            "--db",
-            "sqlite",
-            "--quick",
-            "--only",
-            "overhead",
-            "--out",
-            str(tmp_path / "sqlite.json"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert finished.returncode == 0, finished.stdout + finished.stderr
+    finished = _quick_suite(tmp_path, "overhead")
     for name in (
         "same loop, no tracking, logistic/iris, 20 epochs: median",
         "tracking overhead, logistic/iris, 20 epochs: median",
@@ -70,6 +53,18 @@ def test_the_quick_overhead_bench_fits_in_the_worker_and_apart(tmp_path: Path) -
 def test_the_quick_live_and_fanout_benches_hear_every_event(tmp_path: Path) -> None:
     # Their viewers are bench/wsclient.py's sockets: every event of every run
     # must reach every viewer, or the bench times out or reports losses.
+    finished = _quick_suite(tmp_path, "live,fanout")
+    for line in (
+        "latency median, 4 viewers of one run: median",
+        "20-epoch logistic/iris runs; 80 events per repetition",
+        "latency median, 2 runs at once, 1 viewer: median",
+        "lost messages per repetition: [0]",
+    ):
+        assert line in finished.stdout, finished.stdout
+
+
+def _quick_suite(tmp_path: Path, only: str) -> subprocess.CompletedProcess:
+    """bench/suite.py --quick on SQLite for the named benches; it must succeed."""
     finished = subprocess.run(
         [
             sys.executable,
@@ -78,7 +73,7 @@ def test_the_quick_live_and_fanout_benches_hear_every_event(tmp_path: Path) -> N
             "sqlite",
             "--quick",
             "--only",
-            "live,fanout",
+            only,
             "--out",
             str(tmp_path / "sqlite.json"),
         ],
@@ -88,10 +83,4 @@ def test_the_quick_live_and_fanout_benches_hear_every_event(tmp_path: Path) -> N
         timeout=240,
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    for line in (
-        "latency median, 4 viewers of one run: median",
-        "20-epoch logistic/iris runs; 80 events per repetition",
-        "latency median, 2 runs at once, 1 viewer: median",
-        "lost messages per repetition: [0]",
-    ):
-        assert line in finished.stdout, finished.stdout
+    return finished
