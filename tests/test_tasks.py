@@ -12,6 +12,7 @@ from sessions import catalog
 from sessions.models import TrainingSession
 from sessions.tasks import SAVE_BATCH_SECONDS, _EpochSaver, run_training
 from sessions.training import EpochResult
+from tests.integration.engine_workers import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -237,15 +238,6 @@ def test_a_worker_gives_each_run_one_blas_thread():
     assert answer.stdout.strip() == "[1]", answer.stderr
 
 
-def _wait_until(condition, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.001)  # polling another thread's progress
-
-
 def test_runs_take_turns_in_the_order_they_asked():
     import threading
 
@@ -267,7 +259,7 @@ def test_runs_take_turns_in_the_order_they_asked():
         threads.append(thread)
         # Each asks only once the one before it waits.
         asked = len(threads)
-        _wait_until(lambda: len(turns.waiting) == asked)  # noqa: B023
+        wait_for(lambda: len(turns.waiting) == asked, 10, every=0.001)  # noqa: B023
     assert order == []  # nobody computes while the first run has the turn
     turns.give_back()
     for thread in threads:
@@ -294,7 +286,7 @@ def test_a_long_epoch_lets_a_waiting_run_have_a_turn_at_its_next_chunk():
 
     thread = threading.Thread(target=quick_run)
     thread.start()
-    _wait_until(lambda: len(turns.waiting) == 1)
+    wait_for(lambda: len(turns.waiting) == 1, 10, every=0.001)
     turns.pass_if_due()  # returns once the quick run has had its turn
     assert computed.is_set()
     thread.join(10)
@@ -311,7 +303,7 @@ def test_a_turn_held_shorter_than_turn_seconds_is_kept():
     turns.take()
     thread = threading.Thread(target=lambda: (turns.take(), turns.give_back()))
     thread.start()
-    _wait_until(lambda: len(turns.waiting) == 1)
+    wait_for(lambda: len(turns.waiting) == 1, 10, every=0.001)
     turns.pass_if_due()
     assert len(turns.waiting) == 1  # still waiting: the turn was kept
     turns.give_back()
