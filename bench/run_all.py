@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -51,6 +52,7 @@ def run_json(command: list[str], out: Path, saved: bool = False) -> list[Figure]
     """Run one benchmark process (its figures stream to our stdout) and load them;
     with `saved`, only load what its last run saved."""
     if saved:
+        _check_unchanged(out)
         return [Figure(**item) for item in json.loads(out.read_text())]
     out.unlink(missing_ok=True)
     print("$ " + shlex.join(command).replace(f"{ROOT}/", ""), flush=True)
@@ -60,6 +62,24 @@ def run_json(command: list[str], out: Path, saved: bool = False) -> list[Figure]
     if not out.exists():
         return []
     return [Figure(**item) for item in json.loads(out.read_text())]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_unchanged(out: Path) -> None:
+    """--saved rebuilds the report of the last full run: refuse figures that a
+    later run (a quick one, or one bench with the same --out) wrote over, or the
+    report would mix two runs, or show rows of that run as not measured."""
+    if not RUN_INFO.exists():
+        return
+    saved = json.loads(RUN_INFO.read_text()).get("digests", {})
+    if out.name in saved and (not out.exists() or _digest(out) != saved[out.name]):
+        raise SystemExit(
+            f"{out} is not what the last full run saved (a later run wrote over "
+            "it): run scripts/bench again instead of --saved"
+        )
 
 
 def versions(peers_python: str | None) -> dict[str, str]:
@@ -535,6 +555,7 @@ def main() -> None:
     if args.saved and RUN_INFO.exists():
         # The run's own time, length, machine state and commands, not the rebuild's.
         run = json.loads(RUN_INFO.read_text())
+        run.pop("digests", None)
         context.update(run, rebuilt=date)
         context["commands"].append("# report rebuilt with: scripts/bench --saved")
     elif args.saved:
@@ -548,7 +569,13 @@ def main() -> None:
         context["seconds"] = time.monotonic() - started
         if not args.quick:
             keys = ("machine", "date", "seconds", "commands")
-            RUN_INFO.write_text(json.dumps({k: context[k] for k in keys}))
+            run = {k: context[k] for k in keys}
+            run["digests"] = {
+                path.name: _digest(path)
+                for path in VAR.glob("*.json")
+                if path != RUN_INFO
+            }
+            RUN_INFO.write_text(json.dumps(run))
     text = report(figures, context)
     target = args.report or (VAR / "PERFORMANCE-quick.md" if args.quick else REPORT)
     target.parent.mkdir(parents=True, exist_ok=True)

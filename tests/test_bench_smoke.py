@@ -4,6 +4,7 @@ printed figures and wrote a report. Figures are never compared with a time limit
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,26 @@ def _quick_suite(tmp_path: Path, only: str) -> subprocess.CompletedProcess:
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     return finished
+
+
+def test_a_rebuilt_report_refuses_figures_a_later_run_wrote_over(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # A quick or single-bench run with the same --out once replaced a full run's
+    # figures, and `scripts/bench --saved` showed its rows as "not measured".
+    sys.path.insert(0, str(ROOT))
+    from bench import run_all
+
+    figures = tmp_path / "sqlite.json"
+    figures.write_text("[]")
+    monkeypatch.setattr(run_all, "RUN_INFO", tmp_path / "run.json")
+    digests = {"sqlite.json": run_all._digest(figures)}
+    run_all.RUN_INFO.write_text(json.dumps({"digests": digests}))
+    assert run_all.run_json(["unused"], figures, saved=True) == []
+    figures.write_text("[] ")
+    try:
+        run_all.run_json(["unused"], figures, saved=True)
+    except SystemExit as refused:
+        assert "sqlite.json is not what the last full run saved" in str(refused)
+    else:
+        raise AssertionError("the rebuilt report took figures of a later run")
