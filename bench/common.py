@@ -112,6 +112,25 @@ def middle_half(values: list[float]) -> tuple[float, float]:
     return percentile(values, 0.25), percentile(values, 0.75)
 
 
+def median_interval(values: list[float]) -> tuple[float, float] | None:
+    """A 95 % confidence interval for the median of what `values` were drawn
+    from, assuming nothing about their distribution: the k-th smallest and k-th
+    largest values, k the largest rank with P(Binomial(n, 1/2) < k) <= 2.5 %
+    (None when there are too few values, under 6). It says whether a median
+    of noisy pairs is on one side of a line or could be on either."""
+    ordered = sorted(values)
+    n = len(ordered)
+    below, k = 0.0, 0
+    while True:
+        below += math.comb(n, k) / 2**n  # P(fewer than k + 1 values below it)
+        if below > 0.025:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return ordered[k - 1], ordered[n - k]
+
+
 class Http:
     """One keep-alive HTTP/1.1 connection, as a browser or a client library keeps."""
 

@@ -16,7 +16,6 @@ import math
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -705,7 +704,9 @@ def _tracked_between(session_id: int) -> float:
 def _between(ends: list[float], durations: list[float]) -> float:
     """The time from one epoch's end to the next one's start (the callback's
     work: saving and pushing, when tracked), as a percentage of an epoch's own
-    work; medians over the run's epochs.
+    work: the run's total of each. Not their medians: with a save every other
+    epoch, the gaps alternate ~0.1 and ~0.55 ms (logistic/iris, session 16), and
+    a median picks either one.
 
     Measured within one run, it does not move with the machine's speed, which
     swings the wall-clock pairs by tens of percent (bench/NOTES.md); it leaves
@@ -713,7 +714,7 @@ def _between(ends: list[float], durations: list[float]) -> float:
     the worker's other threads), which only the wall clock sees.
     """
     gaps = [b - a - d for a, b, d in zip(ends, ends[1:], durations[1:], strict=False)]
-    return statistics.median(gaps) / statistics.median(durations) * 100
+    return sum(gaps) / sum(durations[1:]) * 100
 
 
 def _worker_fit(
@@ -781,12 +782,18 @@ def _like_a_worker() -> None:
 
 # A 5 % difference hides in the noise of a shared 2-core machine unless tracked and
 # untracked runs alternate many times; the figure is the median of the pairs.
+# This machine runs at one of two speeds, switching every few seconds: the same
+# 300-epoch logistic/iris fit's epochs took ~12 ms, then ~20 ms from one second
+# to the next (session 16, bench/NOTES.md). A pair whose two runs straddle a
+# switch is off by up to +-30 %, so each row gets as many pairs as fit in
+# OVERHEAD_SECONDS (at least OVERHEAD_PAIRS): the median of 9 moved by 10 points
+# from one round to the next, the median of 25 by ~4.
 OVERHEAD_PAIRS = 9
-# The stress case's pairs. On a machine whose speed drifts by up to 2x within
-# seconds (a 300-epoch iris fit alone took 2.3-4.7 s in one minute, 2026-12-05),
-# one pair's ratio spread over -35..+60 %, and the median of 9 moved by 10
-# points from one round to the next (bench/NOTES.md): 25 pairs halve that.
-STRESS_PAIRS = 25
+OVERHEAD_MAX_PAIRS = 49
+OVERHEAD_SECONDS = 200
+# The run in a separate process (for information) is measured on every this many
+# pairs only, so the pairs that make the target's figure come closer together.
+APART_EVERY = 3
 
 
 def bench_overhead(
@@ -805,38 +812,45 @@ def bench_overhead(
             for model_type in catalog.MODEL_TYPES
         ]
     for model_type, dataset, epochs in configs:
-        pairs = repeat if quick else max(repeat, OVERHEAD_PAIRS)
-        if not quick and model_type == "logistic" and dataset == "iris":
-            pairs = max(repeat, STRESS_PAIRS)
         params, errors = catalog.clean_params(model_type, dataset, {})
         assert not errors, errors
         body = {"modelType": model_type, "dataset": dataset, "epochs": epochs}
         tracked, in_worker, apart, load = [], [], [], []
         overhead, apart_overhead, cpu_overhead, between = [], [], [], []
+        again = []  # the same loop against itself: the machine's own noise
         # Imports and first calls out of the figures, on both sides.
         _worker_fit(services, model_type, dataset, params, 5)
         _direct_fit(model_type, dataset, params, 5)
         worker_pid = services.worker.pid
         fit = (model_type, dataset, params, epochs)
-        steps: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
-            "tracked": (_tracked_fit, (services.url, token, body, worker_pid)),
-            "worker": (_worker_fit, (services, *fit)),
-            "apart": (_direct_fit, fit),
-        }
+        pairs = repeat
+        if not quick:
+            one_fit = _worker_fit(services, *fit)[0]
+            pairs = int(OVERHEAD_SECONDS / (2 * one_fit))
+            pairs = max(repeat, OVERHEAD_PAIRS, min(pairs, OVERHEAD_MAX_PAIRS))
         for index in range(pairs):
             load.append(os.getloadavg()[0])
-            # Each in turn first, so a burst of load elsewhere hits all alike.
-            order = list(steps)[index % 3 :] + list(steps)[: index % 3]
-            measured = {name: steps[name][0](*steps[name][1]) for name in order}
-            live, live_cpu, session_id = measured["tracked"]
-            plain, plain_cpu, plain_between = measured["worker"]
+            # Each first in turn, so a burst of load elsewhere hits both alike.
+            if index % 2:
+                plain, plain_cpu, plain_between = _worker_fit(services, *fit)
+                live, live_cpu, session_id = _tracked_fit(
+                    services.url, token, body, worker_pid
+                )
+            else:
+                live, live_cpu, session_id = _tracked_fit(
+                    services.url, token, body, worker_pid
+                )
+                plain, plain_cpu, plain_between = _worker_fit(services, *fit)
             tracked.append(live)
             in_worker.append(plain)
-            apart.append(measured["apart"][0])
             overhead.append((live / plain - 1) * 100)
-            apart_overhead.append((live / measured["apart"][0] - 1) * 100)
             cpu_overhead.append((live_cpu / plain_cpu - 1) * 100)
             between.append(_tracked_between(session_id) - plain_between)
+            if index % APART_EVERY == 0:
+                apart.append(_direct_fit(*fit)[0])
+                apart_overhead.append((live / apart[-1] - 1) * 100)
+            elif index % APART_EVERY == 1:
+                again.append((_worker_fit(services, *fit)[0] / plain - 1) * 100)
         label = f"{model_type}/{dataset}, {epochs} epochs"
         low, high = middle_half(overhead)
         figures = [
@@ -863,10 +877,17 @@ def bench_overhead(
                 f"average {min(load):.1f}-{max(load):.1f} on {os.cpu_count()} cores",
             ),
             (
+                f"untracked against untracked, {label}",
+                "%",
+                again,
+                "the same loop run twice in a row in the same worker, once every "
+                f"{APART_EVERY} pairs: what the machine alone moves a pair by",
+            ),
+            (
                 f"tracking time between epochs, {label}",
                 "%",
                 between,
-                "of an epoch's own work, tracked minus plain, medians within each "
+                "of an epoch's own work, tracked minus plain, totals within each "
                 "run: blind to the machine's swings and to indirect costs",
             ),
             # Less swayed by other work on the machine than wall time, but blind
@@ -884,7 +905,7 @@ def bench_overhead(
                 "s",
                 apart,
                 "training.fit in a process set up as a worker is (niceness, "
-                "switch interval), report included",
+                f"switch interval), report included; once every {APART_EVERY} pairs",
             ),
             (
                 f"overhead against a separate process, {label}",

@@ -108,3 +108,23 @@ def test_a_rebuilt_report_refuses_figures_a_later_run_wrote_over(
         assert "sqlite.json is not what the last full run saved" in str(refused)
     else:
         raise AssertionError("the rebuilt report took figures of a later run")
+
+
+def test_an_overhead_row_is_met_only_when_its_median_is_surely_under_the_line() -> None:
+    sys.path.insert(0, str(ROOT))
+    from bench.common import Figure, median_interval
+    from bench.run_all import _below
+
+    # The order statistics of the usual tables: the 2nd and 8th of 9, the 8th and
+    # 18th of 25; too few values for any interval at 95 %.
+    assert median_interval(list(range(1, 10))) == (2, 8)
+    assert median_interval(list(range(1, 26))) == (8, 18)
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None
+
+    def row(values: list[float]) -> Figure:
+        return Figure("overhead", "tracking overhead, x", "%", values)
+
+    assert _below(row([1, 2, 2, 3, 3, 3, 4, 4, 4.5]), 5) is True
+    assert _below(row([6, 7, 7, 8, 8, 8, 9, 9, 20]), 5) is False
+    # A median under the line whose pairs swing as this machine's do.
+    assert _below(row([-20, -8, -3, 1, 2, 6, 11, 19, 30]), 5) is None
