@@ -149,7 +149,7 @@ def start_daphne(env: dict, port: int, log: Path | None = None) -> subprocess.Po
         [
             sys.executable,
             "-m",
-            "daphne",
+            "mltrack.web",  # daphne, without the TLS layer (mltrack/web.py)
             "-b",
             "127.0.0.1",
             "-p",

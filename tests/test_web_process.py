@@ -39,3 +39,23 @@ def test_daphne_leaves_form_bodies_to_django():
         " print(WebRequest(channel)._parsePOSTFormSubmission)"
     )
     assert last_line_printed(code) == "False"
+
+
+def test_the_web_process_runs_daphne_without_twisteds_tls_layer():
+    # mltrack.web refuses pyOpenSSL before daphne loads Twisted (5.5 MB of every
+    # web process); what it then runs is daphne's own command line.
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['mltrack.web', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('mltrack.web', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('daphne.server' in sys.modules, sys.modules.get('OpenSSL'),"
+        " 'twisted.internet._newtls' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "usage:" in result.stdout  # daphne's own help
+    assert result.stdout.strip().splitlines()[-1] == "True None False"
