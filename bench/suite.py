@@ -786,8 +786,9 @@ def _like_a_worker() -> None:
 # 300-epoch logistic/iris fit's epochs took ~12 ms, then ~20 ms from one second
 # to the next (session 16, bench/NOTES.md). A pair whose two runs straddle a
 # switch is off by up to +-30 %, so each row gets as many pairs as fit in
-# OVERHEAD_SECONDS (at least OVERHEAD_PAIRS): the median of 9 moved by 10 points
-# from one round to the next, the median of 25 by ~4.
+# OVERHEAD_SECONDS (at least OVERHEAD_PAIRS; the median of 9 moved by 10 points
+# from one round to the next), and the report judges a row by the 95 % interval
+# of its median (bench/run_all.py).
 OVERHEAD_PAIRS = 9
 OVERHEAD_MAX_PAIRS = 49
 OVERHEAD_SECONDS = 200
