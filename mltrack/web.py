@@ -6,7 +6,7 @@ Twisted loads its TLS support (pyOpenSSL, and with it most of cryptography's
 X.509 code) whenever pyOpenSSL is installed, and daphne's own requirements
 (twisted[tls]) always install it: 5.5 MB of every web process's memory, for
 nothing, since mltrack serves plain HTTP behind a proxy that terminates TLS
-(README, "Deploying"). So the import is refused before daphne loads Twisted, and
+(README, "Several machines"). So the import is refused before daphne loads Twisted, and
 daphne's `ssl:` endpoints are not available in this process.
 """
 
