@@ -113,6 +113,28 @@ def test_epochs_of_one_batch_may_log_different_metrics(client, auth, run):
         (None, None, None, {"mine": 2}),
     ]
 
+def test_custom_metric_names_are_stored_exactly_whatever_their_characters(
+    client, auth, run
+):
+    # On PostgreSQL the custom metrics travel as elements of an array literal,
+    # where quotes, backslashes, braces, commas and NULL have meanings.
+    names = ['a"b', "c\\d", "{e}", "f,g", "NULL", "h i", "é✓", '\\"', "}"]
+    body = {
+        "epochs": [
+            {"epoch": n, "metrics": {name: n, "train_loss": 0.5}}
+            for n, name in enumerate(names, start=1)
+        ]
+        + [{"epoch": len(names) + 1, "metrics": dict.fromkeys(names, 0.25)}]
+    }
+    assert send(client, run.pk, body, auth).json()["stored"] == len(names) + 1
+    rows = list(run.epochs.order_by("epoch"))
+    assert [row.extra for row in rows[:-1]] == [
+        {name: n} for n, name in enumerate(names, start=1)
+    ]
+    assert rows[-1].extra == dict.fromkeys(names, 0.25)
+    assert {row.train_loss for row in rows} == {0.5, None}
+
+
 
 def test_it_stores_a_batch_of_thousands_in_epoch_order(client, auth, run):
     numbers = list(range(5000, 0, -1))  # arrives backwards
