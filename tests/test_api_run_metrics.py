@@ -113,6 +113,7 @@ def test_epochs_of_one_batch_may_log_different_metrics(client, auth, run):
         (None, None, None, {"mine": 2}),
     ]
 
+
 def test_custom_metric_names_are_stored_exactly_whatever_their_characters(
     client, auth, run
 ):
@@ -133,7 +134,6 @@ def test_custom_metric_names_are_stored_exactly_whatever_their_characters(
     ]
     assert rows[-1].extra == dict.fromkeys(names, 0.25)
     assert {row.train_loss for row in rows} == {0.5, None}
-
 
 
 def test_it_stores_a_batch_of_thousands_in_epoch_order(client, auth, run):
