@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 from django.conf import settings
 from django.db import connection, transaction
 from redis.backoff import NoBackoff
@@ -546,8 +547,9 @@ class LocalFanout:
             socket_connect_timeout=2,
             # Idle for hours between runs is normal: no read timeout.
             socket_timeout=None,
-            # Never reconnect behind our back (see the class's docstring).
-            retry=Retry(NoBackoff(), 0),
+            # Never reconnect behind our back (see the class's docstring). The
+            # asyncio client's own Retry: the sync one works but warns.
+            retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
         )
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
