@@ -186,6 +186,36 @@ class RedisServer:
         stack.stop([self.process])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_one_left_on_the_test_database(django_db_setup, django_db_blocker):
+    """Before the PostgreSQL test database is dropped, close the connections still
+    on it (printed: `-s` shows them). Django cannot drop a database someone uses,
+    and pytest only warned, leaving it behind. The one seen: an idle connection
+    whose last query read a user, most likely a thread of asgiref's pool from the
+    in-process ASGI tests (a thread's connection lives as long as the thread)."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        others = (
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+        deadline = time.monotonic() + 5
+        while True:
+            cursor.execute(f"SELECT pid, application_name, state, query {others}")
+            left = cursor.fetchall()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # a stopped process's backend exits a moment later
+        if left:
+            print(f"\nconnections still on the test database: {left}")
+            cursor.execute(f"SELECT pg_terminate_backend(pid) {others}")
+    connection.close()
+
+
 @pytest.fixture(scope="session")
 def live_stack(django_db_setup, django_db_blocker, tmp_path_factory):
     """Worker and daphne for the whole run; their tests need transactional_db."""
