@@ -1,7 +1,7 @@
 """Run every benchmark, ours and the peers', and write docs/PERFORMANCE.md.
 
     scripts/bench                  # everything (about 10 minutes on 2 cores)
-    scripts/bench --quick          # tiny sizes, one run each: checks the scripts work
+    scripts/bench --quick          # tiny sizes, one run each, in var/bench/quick
     scripts/bench --only live,reading --databases sqlite
 
 mltrack is measured on SQLite and on PostgreSQL (127.0.0.1:5432, user postgres,
@@ -531,7 +531,10 @@ def main() -> None:
     started = time.monotonic()
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     context: dict[str, Any] = {"machine": machine(), "date": date, "commands": []}
-    VAR.mkdir(parents=True, exist_ok=True)
+    # A quick run's figures (the test suite makes one) go beside the full run's,
+    # never over them: `--saved` rebuilds the report from those.
+    figures_dir = VAR / "quick" if args.quick else VAR
+    figures_dir.mkdir(parents=True, exist_ok=True)
     only = [n for n in args.only.split(",") if n]
     ours = [n for n in only if n != "peers"]
     common = [
@@ -545,7 +548,7 @@ def main() -> None:
             if db == "postgres" and not pg_available():
                 print("PostgreSQL does not answer at 127.0.0.1:5432: skipped")
                 continue
-            out = VAR / f"{db}.json"
+            out = figures_dir / f"{db}.json"
             command = [
                 sys.executable,
                 "bench/suite.py",
@@ -568,7 +571,7 @@ def main() -> None:
         )
         peers_python = None
     elif not only or "peers" in only:
-        out = VAR / "peers.json"
+        out = figures_dir / "peers.json"
         dbs = ",".join(
             d for d in args.databases.split(",") if d != "postgres" or pg_available()
         )

@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_quick_reading_bench_measures_and_writes_a_report(tmp_path: Path) -> None:
     report = tmp_path / "PERFORMANCE.md"
+    # The full run's figures, which `scripts/bench --saved` rebuilds the report
+    # from: a quick run (this one) once wrote over them.
+    full_run = ROOT / "var" / "bench" / "sqlite.json"
+    before = full_run.read_bytes() if full_run.exists() else None
     finished = subprocess.run(
         [
             sys.executable,
@@ -37,6 +41,7 @@ def test_the_quick_reading_bench_measures_and_writes_a_report(tmp_path: Path) ->
     assert "## Targets (issue 8)" in text
     assert "| full history JSON, 2,000 epochs x 8 metrics | sqlite |" in text
     assert "SQLite" in text and "Django" in text
+    assert (full_run.read_bytes() if full_run.exists() else None) == before
 
 
 def test_the_quick_overhead_bench_fits_in_the_worker_and_apart(tmp_path: Path) -> None:
