@@ -719,16 +719,20 @@ class TrainingSession(models.Model):
         table = f'"{session_fields.db_table}"'
         names, types, arrays = _epoch_arrays(items)
         quoted = [connection.ops.quote_name(name) for name in names]
-        # The same time for every row, and no other metrics when none has any.
-        inserted, constants = [*quoted, '"created"'], ["%s"]
+        created = EpochMetric._meta.get_field("created").get_db_prep_save(
+            moment, connection
+        )
+        # Columns every row shares: (column, placeholder, value). The same time
+        # for all, and no other metrics when none has any.
+        shared = [('"created"', "%s", created)]
         if "extra" not in names:
-            inserted.append('"extra"')
-            constants.append("%s::jsonb")
+            shared.append(('"extra"', "%s::jsonb", "{}"))
         session_columns, make = _reader(TrainingSession, connection)
         rows_sql = (
-            f'INSERT INTO {epochs} ({", ".join(inserted)}, "session_id") '
+            f"INSERT INTO {epochs} ({', '.join(quoted)}, "
+            f'{", ".join(column for column, _, _ in shared)}, "session_id") '
             f"SELECT {', '.join(f'item.{name}' for name in quoted)}, "
-            f"{', '.join(constants)}, held.id "
+            f"{', '.join(placeholder for _, placeholder, _ in shared)}, held.id "
             'FROM held, items AS item WHERE item."epoch" {} held."current_epoch"'
         )
         unnest = ", ".join(f"%s::{kind}[]" for kind in types)
@@ -750,17 +754,12 @@ class TrainingSession(models.Model):
             f'WHERE "id" = %s RETURNING {session_columns.replace(table + ".", "")}) '
             'SELECT moved.*, ARRAY(SELECT "epoch" FROM new) FROM moved'
         )
-        created = EpochMetric._meta.get_field("created").get_db_prep_save(
-            moment, connection
-        )
-        row_constants = [created]
-        if "extra" not in names:
-            row_constants.append("{}")
+        shared_values = [value for _, _, value in shared]
         params = [
             self.pk,
             *arrays,
-            *row_constants,
-            *row_constants,
+            *shared_values,  # fresh
+            *shared_values,  # late
             session_fields.get_field("heartbeat_at").get_db_prep_save(
                 moment, connection
             ),
@@ -991,9 +990,9 @@ def _epoch_arrays(
         ]
         names.append("extra")
         types.append("jsonb")
-        arrays.append(
-            "{" + ",".join([_array_text(_json_text(e)) for e in extras]) + "}"
-        )
+        from sessions.metrics import json_text  # metrics imports this module
+
+        arrays.append("{" + ",".join([_array_text(json_text(e)) for e in extras]) + "}")
     return names, types, arrays
 
 
@@ -1012,13 +1011,6 @@ def _array_text(text: str) -> str:
     """text as one element of an array literal: quoted, with its backslashes and
     double quotes escaped."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _json_text(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # an integer beyond 64 bits
-        return json.dumps(value, allow_nan=False)
 
 
 def _json_document(items: Sequence[tuple[Any, ...]]) -> str:
