@@ -111,6 +111,17 @@ def push_status(session: TrainingSession, event_type: EventType | None = None) -
     _send(session, TrainingEvent(type=event_type, session=session.as_dict()))
 
 
+def push_started(session: TrainingSession) -> None:
+    """Announce that the worker began training the session: to viewers at once,
+    and to the event table through the event writer, ahead of the run's
+    progress events, which take the same queue. Stored synchronously, it was
+    ~1 ms of a run's timed span on the training thread (bench/NOTES.md, session
+    18); nobody needs it stored first, as they need a final status."""
+    text = json_text(TrainingEvent(type="training_started", session=session.as_dict()))
+    _push(session, "training_started", text)
+    _writer().add(session, "training_started", text)
+
+
 def push_epoch(
     session: TrainingSession, row: EpochMetric, stats: dict[str, Any] | None = None
 ) -> None:

@@ -371,9 +371,19 @@ class TrainingSession(models.Model):
         A conditional UPDATE, so a worker and a stop request racing on the same row
         cannot overwrite each other. Refreshes this instance either way.
         """
+        # The counters record_trained kept back go in the same UPDATE: the
+        # worker's final status then costs one statement, not two, inside the
+        # run's timed span (bench/NOTES.md, session 18). If the status moved
+        # meanwhile (a run failed as lost), they are written anyway.
+        progress = self._unsaved_progress()
         updated = TrainingSession.objects.filter(
             pk=self.pk, status__in=from_statuses
-        ).update(**changes)
+        ).update(**progress, **changes)
+        if progress and not updated:
+            TrainingSession.objects.filter(pk=self.pk).update(**progress)
+        if progress:
+            self._progress_written_at = time.monotonic()
+            self._progress_unsaved = False
         self.refresh_from_db()
         return bool(updated)
 
@@ -615,19 +625,26 @@ class TrainingSession(models.Model):
         return epochs
 
     def save_progress(self) -> None:
-        """Write the counters that record_epoch(progress_every=...) kept back.
-        The worker calls it before a run's final status, so a finished run's
-        row counts every stored epoch."""
-        if not self.__dict__.get("_progress_unsaved"):
+        """Write the counters that record_trained(progress_every=...) kept back.
+        A status change (mark_completed, ...) writes them too, so a finished
+        run's row counts every stored epoch."""
+        progress = self._unsaved_progress()
+        if not progress:
             return
-        TrainingSession.objects.filter(pk=self.pk).update(
-            current_epoch=self.current_epoch,
-            heartbeat_at=self.heartbeat_at,
-            final_metrics=self.final_metrics,
-            best_val_accuracy=self.best_val_accuracy,
-        )
+        TrainingSession.objects.filter(pk=self.pk).update(**progress)
         self._progress_written_at = time.monotonic()
         self._progress_unsaved = False
+
+    def _unsaved_progress(self) -> dict[str, Any]:
+        """The counters record_trained kept back, or nothing."""
+        if not self.__dict__.get("_progress_unsaved"):
+            return {}
+        return {
+            "current_epoch": self.current_epoch,
+            "heartbeat_at": self.heartbeat_at,
+            "final_metrics": self.final_metrics,
+            "best_val_accuracy": self.best_val_accuracy,
+        }
 
     def record_epochs(
         self, rows: list[tuple[int, dict[str, Any], float | None]]

@@ -93,7 +93,7 @@ class _Progress:
 # How often a run's session row gets its counters (current_epoch, final_metrics,
 # ...) while it trains. The epoch rows, written as epochs are saved, are what
 # pages and the API read for the history; the counters lag by at most this and
-# are written before the final status. On SQLite a save without the session's
+# are written with the final status. On SQLite a save without the session's
 # UPDATE is one statement instead of four, and with 10 runs in a worker each
 # statement waits for the GIL behind the other training threads (bench/NOTES.md).
 PROGRESS_WRITE_SECONDS = 0.25
@@ -176,12 +176,6 @@ class _EpochSaver:
             self.flush()
         except Exception:
             logger.exception("could not save the last epochs of %s", self.session.pk)
-
-
-def _save_progress(session: TrainingSession) -> None:
-    """The counters record_epoch kept back, before the final status: whoever sees
-    a finished run finds them counting every stored epoch."""
-    _retrying(session.save_progress, f"saving the progress of session {session.pk}")
 
 
 # How long a run may keep computing, at its chunk boundaries, while another
@@ -331,7 +325,7 @@ def run_training(self: Any, session_id: int) -> str:
         # Every slot is taken: wait as queued and look again soon. The retry is a
         # new message, so this worker is free for other work meanwhile.
         raise self.retry(countdown=settings.MLTRACK_QUEUE_RETRY_SECONDS)
-    events.push_status(session, "training_started")
+    events.push_started(session)
 
     progress = _Progress(session.total_epochs or 0)
     heartbeat = _Heartbeat(session)
@@ -384,17 +378,14 @@ def run_training(self: Any, session_id: int) -> str:
     except training.TrainingError as exc:
         reason, trace = str(exc), traceback.format_exc()
         saver.flush_or_log()
-        _save_progress(session)
         _retrying(lambda: session.mark_failed(reason, trace), "failing the session")
     except Exception as exc:
         logger.exception("training session %s crashed", session_id)
         message = f"Training crashed: {type(exc).__name__}: {exc}"
         trace = traceback.format_exc()
         saver.flush_or_log()
-        _save_progress(session)
         _retrying(lambda: session.mark_failed(message, trace), "failing the session")
     else:
-        _save_progress(session)
         if result.stopped:
             _retrying(lambda: session.mark_stopped(result.report), "stopping")
         else:

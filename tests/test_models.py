@@ -476,6 +476,40 @@ def test_the_workers_counters_can_be_written_less_often_than_its_epochs(
     assert stored.current_epoch == 4
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_final_status_writes_the_counters_kept_back(make_session):
+    session = make_session(total_epochs=3)
+    session.mark_running("task-1")
+    session.record_epoch(1, {"val_accuracy": 0.5}, progress_every=60)
+    session.record_epoch(2, {"val_accuracy": 0.9}, progress_every=60)
+    assert TrainingSession.objects.get(pk=session.pk).current_epoch == 1
+    assert session.mark_completed({"note": "done"})
+    stored = TrainingSession.objects.get(pk=session.pk)
+    assert (stored.status, stored.current_epoch, stored.best_val_accuracy) == (
+        TrainingSession.Status.COMPLETED,
+        2,
+        0.9,
+    )
+    # The instance was refreshed from the row and keeps the counters too.
+    assert (session.current_epoch, session.best_val_accuracy) == (2, 0.9)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_counters_kept_back_are_written_even_if_the_status_moved(make_session):
+    # The run was failed as lost meanwhile: completing it is refused, but the
+    # epochs it stored are still counted.
+    session = make_session(total_epochs=3)
+    session.mark_running("task-1")
+    session.record_epoch(1, {"val_accuracy": 0.5}, progress_every=60)
+    session.record_epoch(2, {"val_accuracy": 0.9}, progress_every=60)
+    TrainingSession.objects.filter(pk=session.pk).update(
+        status=TrainingSession.Status.FAILED
+    )
+    assert not session.mark_completed({})
+    stored = TrainingSession.objects.get(pk=session.pk)
+    assert (stored.status, stored.current_epoch) == (TrainingSession.Status.FAILED, 2)
+
+
 def _hold_sqlite_write_lock(seconds):
     """Another connection takes SQLite's write lock, commits after `seconds`."""
     import sqlite3

@@ -88,7 +88,7 @@ def test_fast_epochs_are_saved_and_pushed_a_few_at_a_time(make_session, event_ta
     ]
     # ...but one message carried each save's events: 1, 2-5, 6, 7, 8.
     assert event_tap.messages == 5
-    session.save_progress()  # the counters the saves kept back (as the task does)
+    session.save_progress()  # the counters the saves kept back
     session.refresh_from_db()
     assert session.current_epoch == 8 and session.best_val_accuracy == 0.8
 
