@@ -476,13 +476,20 @@ def test_the_workers_counters_can_be_written_less_often_than_its_epochs(
     assert stored.current_epoch == 4
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_final_status_writes_the_counters_kept_back(make_session):
+def _running_with_two_epochs_counted_once(make_session):
+    """A running session whose row counts its first epoch of two: the worker
+    kept the second's counters back (progress_every)."""
     session = make_session(total_epochs=3)
     session.mark_running("task-1")
     session.record_epoch(1, {"val_accuracy": 0.5}, progress_every=60)
     session.record_epoch(2, {"val_accuracy": 0.9}, progress_every=60)
     assert TrainingSession.objects.get(pk=session.pk).current_epoch == 1
+    return session
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_final_status_writes_the_counters_kept_back(make_session):
+    session = _running_with_two_epochs_counted_once(make_session)
     assert session.mark_completed({"note": "done"})
     stored = TrainingSession.objects.get(pk=session.pk)
     assert (stored.status, stored.current_epoch, stored.best_val_accuracy) == (
@@ -498,10 +505,7 @@ def test_the_final_status_writes_the_counters_kept_back(make_session):
 def test_the_counters_kept_back_are_written_even_if_the_status_moved(make_session):
     # The run was failed as lost meanwhile: completing it is refused, but the
     # epochs it stored are still counted.
-    session = make_session(total_epochs=3)
-    session.mark_running("task-1")
-    session.record_epoch(1, {"val_accuracy": 0.5}, progress_every=60)
-    session.record_epoch(2, {"val_accuracy": 0.9}, progress_every=60)
+    session = _running_with_two_epochs_counted_once(make_session)
     TrainingSession.objects.filter(pk=session.pk).update(
         status=TrainingSession.Status.FAILED
     )
