@@ -550,7 +550,8 @@ class TrainingSession(models.Model):
 
         progress_every (seconds): the counters (current_epoch, heartbeat_at,
         final_metrics, best_val_accuracy) are then written at most this often,
-        and this instance keeps them until save_progress(). The epoch rows are
+        and this instance keeps them until save_progress() or the next status
+        change (_transition), which writes them. The epoch rows are
         what pages and the API read for a run's history; the counters only show
         how far it got. On SQLite a save without the UPDATE is one autocommit
         INSERT instead of four statements, each of which hands the GIL back and
