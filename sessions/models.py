@@ -379,11 +379,10 @@ class TrainingSession(models.Model):
         updated = TrainingSession.objects.filter(
             pk=self.pk, status__in=from_statuses
         ).update(**progress, **changes)
-        if progress and not updated:
-            TrainingSession.objects.filter(pk=self.pk).update(**progress)
-        if progress:
-            self._progress_written_at = time.monotonic()
-            self._progress_unsaved = False
+        if not updated:
+            self.save_progress()
+        elif progress:
+            self._progress_saved()
         self.refresh_from_db()
         return bool(updated)
 
@@ -630,9 +629,11 @@ class TrainingSession(models.Model):
         A status change (mark_completed, ...) writes them too, so a finished
         run's row counts every stored epoch."""
         progress = self._unsaved_progress()
-        if not progress:
-            return
-        TrainingSession.objects.filter(pk=self.pk).update(**progress)
+        if progress:
+            TrainingSession.objects.filter(pk=self.pk).update(**progress)
+            self._progress_saved()
+
+    def _progress_saved(self) -> None:
         self._progress_written_at = time.monotonic()
         self._progress_unsaved = False
 
