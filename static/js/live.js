@@ -102,6 +102,29 @@ window.MLTrack = (function () {
       this.byEpoch = new Map();
       this.last = 0;
       this.cache = null;
+      this.held = new Map();
+    }
+    // A live epoch that came after a gap, kept until the epochs before it are
+    // fetched: the worker saves epochs a fraction of a second after it pushes
+    // them (sessions/tasks.py), so a backfill may not find them yet.
+    hold(row) {
+      if (!this.byEpoch.has(row.epoch)) this.held.set(row.epoch, row);
+    }
+    // Add the held epochs that now follow on from the others, in order, and
+    // return how many were new.
+    release() {
+      let added = 0;
+      const epochs = Array.from(this.held.keys()).sort((a, b) => a - b);
+      for (const epoch of epochs) {
+        if (this.hasGapBefore(epoch)) break;
+        if (this.add(this.held.get(epoch))) added++;
+        this.held.delete(epoch);
+      }
+      return added;
+    }
+    // Whether live epochs wait for a gap before them to be filled.
+    get waiting() {
+      return this.held.size > 0;
     }
     add(row) {
       if (this.byEpoch.has(row.epoch)) return false;
@@ -121,6 +144,49 @@ window.MLTrack = (function () {
     }
     get size() {
       return this.byEpoch.size;
+    }
+  }
+
+  // How soon a backfill is tried again while live epochs still wait for a gap
+  // to be filled: the worker saves its epochs every quarter second or so.
+  const REFILL_MS = 400;
+
+  // A page's backfill, one at a time. `fill` fetches what the page lacks and
+  // `waiting` says whether live epochs still wait for a gap before them. run()
+  // while one is on its way runs one more after it (the page may have moved to
+  // another session meanwhile); gap() while one is on its way or due leaves the
+  // gap to it. While epochs wait after a backfill, another follows in REFILL_MS.
+  class Backfill {
+    constructor(fill, waiting) {
+      this.fill = fill;
+      this.waiting = waiting;
+      this.running = null;
+      this.again = false;
+      this.timer = null;
+    }
+    run() {
+      if (this.running) {
+        this.again = true;
+        return this.running;
+      }
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.running = this.loop().finally(() => {
+        this.running = null;
+        if (this.waiting() && this.timer === null) {
+          this.timer = setTimeout(() => this.run().catch(console.warn), REFILL_MS);
+        }
+      });
+      return this.running;
+    }
+    async loop() {
+      do {
+        this.again = false;
+        await this.fill();
+      } while (this.again);
+    }
+    gap() {
+      if (!this.running && this.timer === null) this.run().catch(console.warn);
     }
   }
 
@@ -342,6 +408,6 @@ window.MLTrack = (function () {
     return fetched;
   }
 
-  return { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart,
-    PALETTE, smooth };
+  return { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, Backfill,
+    MetricChart, PALETTE, smooth };
 })();

@@ -10,8 +10,9 @@
   if (customForm) setUpCustomForm(customForm);
   if (!document.getElementById("focus")) return;
 
-  const { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart } =
-    window.MLTrack;
+  const {
+    fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, Backfill, MetricChart,
+  } = window.MLTrack;
   const page = document.getElementById("page").dataset;
   const initial = JSON.parse(document.getElementById("page-data").textContent);
   const ACTIVE = ["queued", "running", "stopping"];
@@ -215,7 +216,7 @@
     body.prepend(historyRow(s));
   }
 
-  async function backfill() {
+  async function fillFocus() {
     if (!focus) return;
     const sessionId = focus.id;
     const data = await fetchJson(page.metricsUrl + sessionId + "?after=" + store.last +
@@ -223,12 +224,18 @@
     if (!focus || focus.id !== sessionId) return;
     let added = 0;
     data.epochs.forEach((row) => { if (store.add(row)) added++; });
+    added += store.release();
     if (added) redrawCharts();
     const fresh = await fetchJson(page.sessionUrl + sessionId);
     if (focus && focus.id === sessionId) {
       focus = fresher(focus, fresh.session);
       renderFocus();
     }
+  }
+
+  const backfiller = new Backfill(fillFocus, () => store.waiting);
+  function backfill() {
+    return backfiller.run();
   }
 
   async function refreshActive() {
@@ -283,12 +290,19 @@
     if (event.type === "training_progress") {
       const row = { epoch: event.epoch, metrics: event.metrics, time: null };
       if (store.hasGapBefore(event.epoch)) {
-        // Events were dropped: the database has every epoch, fetch them in order.
-        backfill().catch(console.warn);
+        // Events were dropped, or this page opened after the epochs before
+        // this one were pushed but before they were saved: fetch them, and
+        // keep this one until they are in.
+        store.hold(row);
+        backfiller.gap();
       } else if (store.add(row)) {
         charts.forEach((chart) => chart.append(row));
         maybeRefreshOverview();
       }
+    } else if (!ACTIVE.includes(s.status) &&
+      (store.waiting || store.last < s.currentEpoch)) {
+      // A finished run's epochs are all saved: fill whatever is still missing.
+      backfill().catch(console.warn);
     }
     renderFocus();
   }
@@ -304,6 +318,7 @@
         const fresh = new EpochStore(sessionId);
         data.epochs.forEach((row) => fresh.add(row));
         store.sorted().forEach((row) => { if (row.epoch > fresh.last) fresh.add(row); });
+        store.held.forEach((row) => fresh.hold(row));
         store = fresh;
         redrawCharts();
       })

@@ -3,8 +3,9 @@
 "use strict";
 
 (function () {
-  const { fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, MetricChart } =
-    window.MLTrack;
+  const {
+    fetchJson, formatSeconds, fresher, LiveSocket, EpochStore, Backfill, MetricChart,
+  } = window.MLTrack;
   const page = document.getElementById("page").dataset;
   const initial = JSON.parse(document.getElementById("page-data").textContent);
   const ACTIVE = ["queued", "running", "stopping"];
@@ -134,12 +135,18 @@
     }
   }
 
-  async function backfill() {
+  const backfiller = new Backfill(fillMissing, () => store.waiting);
+  function backfill() {
+    return backfiller.run();
+  }
+
+  async function fillMissing() {
     const data = await fetchJson(page.metricsUrl + session.id + "?after=" + store.last +
       "&maxPoints=" + MAX_POINTS);
     if (data.downsampled) downsampled = true;
     let added = 0;
     data.epochs.forEach((row) => { if (store.add(row)) added++; });
+    added += store.release();
     if (added) draw();
     const before = session.status;
     const fetched = await fetchJson(page.sessionUrl + session.id);
@@ -161,6 +168,7 @@
         const fresh = new EpochStore(session.id);
         data.epochs.forEach((row) => fresh.add(row));
         store.sorted().forEach((row) => { if (row.epoch > fresh.last) fresh.add(row); });
+        store.held.forEach((row) => fresh.hold(row));
         store = fresh;
         downsampled = data.downsampled;
         draw();
@@ -241,12 +249,20 @@
         const time = event.savedAt ? new Date(event.savedAt * 1000).toISOString() : null;
         const row = { epoch: event.epoch, metrics: event.metrics, time };
         if (store.hasGapBefore(event.epoch)) {
-          backfill().catch(console.warn);
+          // Events were dropped, or this page opened after the epochs before
+          // this one were pushed but before they were saved: fetch them, and
+          // keep this one until they are in.
+          store.hold(row);
+          backfiller.gap();
         } else if (store.add(row)) {
           if (!zoom) chartList.forEach((chart) => chart.append(row));
           else if (!zoom.rows && row.epoch <= zoom.to) draw();
           maybeRefreshOverview();
         }
+      } else if (!ACTIVE.includes(session.status) &&
+        (store.waiting || store.last < session.currentEpoch)) {
+        // A finished run's epochs are all saved: fill whatever is still missing.
+        backfill().catch(console.warn);
       }
       render();
       if (ACTIVE.includes(before) && !ACTIVE.includes(session.status)) {

@@ -45,6 +45,11 @@ def test_the_custom_form_starts_a_run_that_reaches_100_percent(live_stack, page,
     assert page.text_content("#focus-epoch") == "Epoch 15/15"
     # 100% can show a moment before the worker's "completed" arrives.
     page.wait_for_selector("#focus-status.status-completed")
+    # A page that opened after epochs were pushed but before they were saved
+    # fills its charts from the API, which may answer after "completed" shows.
+    page.wait_for_function(
+        "window.mltrack.charts.every((c) => c.pointCounts().every((n) => n >= 15))"
+    )
     counts = page.evaluate("window.mltrack.charts.map((c) => c.pointCounts())")
     assert counts == [[15, 15], [15, 15]]
     session = TrainingSession.objects.get()

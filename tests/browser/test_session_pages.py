@@ -217,3 +217,91 @@ def test_the_session_page_is_keyboard_reachable(live_stack, page, alice):
         )
     for control in ("zoom-from", "zoom-to", "zoom-reset", "smoothing", "secondary png"):
         assert control in reached, (control, reached)
+
+
+CHART_EPOCHS = (
+    "window.mltrack.charts.map((c) => c.chart.data.datasets"
+    ".filter((d) => !d.raw).map((d) => d.data.map((p) => p.x)))"
+)
+
+
+def _trained(epochs):
+    from django.utils.timezone import now
+
+    return [
+        (
+            epoch,
+            {
+                "train_loss": 1 / epoch,
+                "val_loss": 1.1 / epoch,
+                "train_accuracy": epoch / 10,
+                "val_accuracy": epoch / 10,
+                "learning_rate": 0.01,
+                "precision": 0.8,
+                "recall": 0.7,
+                "f1": 0.75,
+            },
+            0.01,
+            now(),
+        )
+        for epoch in epochs
+    ]
+
+
+def _chart_epochs(page) -> set[tuple[int, ...]]:
+    return {tuple(xs) for chart in page.evaluate(CHART_EPOCHS) for xs in chart}
+
+
+@pytest.mark.parametrize("path", ["/sessions/{pk}/", "/?tab=training"])
+def test_epochs_heard_before_they_are_saved_are_drawn_once_saved(
+    live_stack, page, alice, path
+):
+    """The worker pushes epochs at once and saves them a fraction of a second
+    later (sessions/tasks.py): a page that opened in between hears of epochs
+    after a gap it cannot fill yet. It keeps them, tries again, and draws every
+    epoch once when they are saved."""
+    from sessions import events
+
+    session = TrainingSession.objects.create(
+        owner=alice, model_type="logistic", dataset="iris", total_epochs=10
+    )
+    session.mark_running("t")
+    session.record_trained(_trained([1, 2, 3]))
+    login(page, live_stack.url, "alice", "alice-password-1")
+    fetches: list[str] = []
+    page.on("request", lambda r: fetches.append(r.url) if "after=" in r.url else None)
+    page.goto(live_stack.url + path.format(pk=session.pk))
+    page.wait_for_selector("#connection[data-state=live]", state="attached")
+    page.wait_for_function(f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 3)")
+    # 4 and 5 were pushed before this page listened, and none of 4-7 is saved.
+    later = _trained([4, 5, 6, 7])
+    session.count_trained(later)
+    fetched_before = len(fetches)
+    events.push_trained(session, later[2:], [{}, {}])
+    # The page asks for the gap, finds nothing new, and asks again.
+    deadline = time.monotonic() + 10
+    while len(fetches) < fetched_before + 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert len(fetches) >= fetched_before + 2, fetches
+    assert _chart_epochs(page) == {(1, 2, 3)}  # 6 and 7 wait for 4 and 5
+
+    session.record_trained(later)  # the worker's save
+    # Within the page's retries, not its check after 15 s without events.
+    page.wait_for_function(
+        f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 7)", timeout=10_000
+    )
+    assert _chart_epochs(page) == {(1, 2, 3, 4, 5, 6, 7)}
+    asked = len(fetches)
+    page.wait_for_timeout(1000)  # no more backfills once nothing waits
+    assert len(fetches) == asked
+
+    # The last epoch's event lost (a full channel, a reconnect): the final
+    # status says how far the run got, and the page fetches the rest.
+    session.record_trained(_trained([8]))
+    session.mark_completed({"totalSeconds": 1.0})
+    events.push_status(session)
+    page.wait_for_function(
+        f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 8)", timeout=10_000
+    )
+    assert _chart_epochs(page) == {tuple(range(1, 9))}
+    assert page.console_problems == []

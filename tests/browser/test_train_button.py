@@ -19,6 +19,11 @@ def test_train_random_forest_shows_progress_and_chart_live(live_stack, page, ali
     assert page.text_content("#focus-epoch") == "Epoch 20/20"
     # The last epoch's event arrives just before the completion event.
     page.wait_for_selector("#focus-status.status-completed", timeout=30_000)
+    # Epochs pushed before the page listened come from the API, which may
+    # answer after "completed" shows.
+    page.wait_for_function(
+        "window.mltrack.charts.every((c) => c.pointCounts().every((n) => n >= 20))"
+    )
     counts = page.evaluate("window.mltrack.charts.map((c) => c.pointCounts())")
     assert counts == [[20, 20], [20, 20]]
     assert page.console_problems == []
