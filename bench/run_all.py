@@ -465,7 +465,7 @@ def report(figures: list[Figure], context: dict[str, Any]) -> str:
         "",
     ]
     titles = {
-        "live": "Live latency (epoch trained, then saved -> WebSocket viewer)",
+        "live": "Live latency (epoch trained -> WebSocket viewer; saved within 0.25 s)",
         "fanout": "Fan-out",
         "ingest": "Ingest through the run-logging API",
         "reading": "Reading",

@@ -133,14 +133,16 @@ def push_trained(
     session: TrainingSession,
     epochs: Sequence[TrainedEpoch],
     stats: Sequence[dict[str, Any]],
-) -> None:
-    """Announce epochs the worker has just saved (one or a few, each with its
-    own event and stats): to viewers at once, in one message, and to the event
-    table in a batch, off the training thread (_EventWriter).
+) -> list[str]:
+    """Announce epochs the worker has just trained (one or a few, each with its
+    own event and stats) to viewers at once, in one message; return the events'
+    texts for store_trained, once the epochs are saved.
 
     The events are what _epoch_event makes of their rows, made from the epochs
     themselves: no model instances, and the session's part once for them all
     (it shows the session after the last of them, as a log batch's events do).
+    The worker saves its epochs a fraction of a second after it announces them
+    (tasks._EpochSaver): a page that finds a gap backfills until it is filled.
     """
     state = session.as_progress_dict()
     texts = [
@@ -160,9 +162,14 @@ def push_trained(
         )
     ]
     _push(session, "training_progress", *texts)
-    writer = _writer()
-    for text in texts:
-        writer.add(session, "training_progress", text)
+    return texts
+
+
+def store_trained(session: TrainingSession, texts: Sequence[str]) -> None:
+    """Queue push_trained's events for the event table, in a batch off the
+    training thread (_EventWriter), once their epochs are saved: a poller that
+    reads an epoch's event can read the epoch."""
+    _writer().add(session, "training_progress", *texts)
 
 
 def _epoch_event(
@@ -324,9 +331,9 @@ class _EventWriter:
     epoch's and its event's; the event's now shares one INSERT and one commit
     with the others that came within STORE_BATCH_SECONDS, and on PostgreSQL
     the event-order lock is taken once per batch instead of once per epoch by
-    every run (10 runs at once queued on it). The epochs themselves are still
-    saved before their push: a worker that dies loses at most the last batch of
-    *events*, never an epoch, and pages read epochs, not events.
+    every run (10 runs at once queued on it). The worker queues an epoch's
+    event once the epoch is saved (store_trained), so the table never holds an
+    event whose epoch cannot be read.
     """
 
     def __init__(self) -> None:
@@ -337,16 +344,19 @@ class _EventWriter:
         self.hurry = False
         self.thread: threading.Thread | None = None
 
-    def add(self, session: TrainingSession, kind: str, text: str) -> None:
+    def add(self, session: TrainingSession, kind: str, *texts: str) -> None:
+        if not texts:
+            return
         with self.condition:
             if self.thread is None:
                 self.thread = threading.Thread(
                     target=self._run, name="event-writer", daemon=True
                 )
                 self.thread.start()
-            self.queue.append((session, kind, text))
-            self.queued += 1
-            if len(self.queue) == 1:
+            was_empty = not self.queue
+            self.queue += [(session, kind, text) for text in texts]
+            self.queued += len(texts)
+            if was_empty:
                 self.condition.notify_all()
 
     def flush(self, timeout: float = PUSH_TIMEOUT_SECONDS * 2) -> None:

@@ -538,8 +538,8 @@ class TrainingSession(models.Model):
     ) -> Sequence[TrainedEpoch]:
         """Store epochs (epoch, metrics, duration, when it was trained) the worker
         trained, in epoch order, and move the session's counters, atomically;
-        return them as stored. The worker saves its epochs this way, one or a few
-        at a time (tasks._EpochSaver).
+        return them as stored. The worker saves its epochs this way, those of
+        the last quarter second or so at a time (tasks._EpochSaver).
 
         One INSERT that skips an epoch already there and one UPDATE, where a
         duplicate check first and model saves cost about 1.5 ms of a 5 ms epoch
@@ -556,18 +556,7 @@ class TrainingSession(models.Model):
         INSERT instead of four statements, each of which hands the GIL back and
         waits its turn behind the other runs' training threads (bench/NOTES.md).
         """
-        best = self.best_val_accuracy
-        for _, metrics, _, _ in epochs:
-            accuracy = metrics.get("val_accuracy")
-            if accuracy is not None and (best is None or accuracy > best):
-                best = accuracy
-        last_epoch, last_metrics, _, last_time = epochs[-1]
-        moved = {
-            "current_epoch": max(self.current_epoch, last_epoch),
-            "heartbeat_at": last_time,
-            "final_metrics": row_metrics(last_metrics),
-            "best_val_accuracy": best,
-        }
+        moved = self._counters_after(epochs)
         clock = time.monotonic()
         written_at = self.__dict__.get("_progress_written_at")
         due = written_at is None or clock - written_at >= progress_every
@@ -623,6 +612,27 @@ class TrainingSession(models.Model):
         else:
             self._progress_unsaved = True
         return epochs
+
+    def count_trained(self, epochs: Sequence[TrainedEpoch]) -> None:
+        """Move this instance's counters past epochs the worker has trained and
+        is about to announce, before record_trained stores them (which moves
+        them the same way): the events show the run as far as it got."""
+        for name, value in self._counters_after(epochs).items():
+            setattr(self, name, value)
+
+    def _counters_after(self, epochs: Sequence[TrainedEpoch]) -> dict[str, Any]:
+        best = self.best_val_accuracy
+        for _, metrics, _, _ in epochs:
+            accuracy = metrics.get("val_accuracy")
+            if accuracy is not None and (best is None or accuracy > best):
+                best = accuracy
+        last_epoch, last_metrics, _, last_time = epochs[-1]
+        return {
+            "current_epoch": max(self.current_epoch, last_epoch),
+            "heartbeat_at": last_time,
+            "final_metrics": row_metrics(last_metrics),
+            "best_val_accuracy": best,
+        }
 
     def save_progress(self) -> None:
         """Write the counters that record_trained(progress_every=...) kept back.
@@ -844,7 +854,7 @@ class EpochMetricQuerySet(models.QuerySet):
         return the epochs inserted: an epoch already stored is kept as it was.
 
         created may also be a list of times, one per row (PostgreSQL only: the
-        worker's epochs, saved a few at a time, each keep when it was trained).
+        worker's epochs, saved several at a time, each keep when it was trained).
 
         session_update (PostgreSQL only): columns of the session to set in the
         same statement when at least one row was inserted.

@@ -22,7 +22,7 @@ from django.db import (
 from django.utils.timezone import now
 
 from sessions import diagnostics, events, metrics
-from sessions.models import TrainingSession
+from sessions.models import TrainedEpoch, TrainingSession
 
 logger = logging.getLogger(__name__)
 
@@ -99,28 +99,41 @@ class _Progress:
 PROGRESS_WRITE_SECONDS = 0.25
 
 
-# How long a trained epoch may wait to be saved and pushed together with the
-# epochs after it. A save and its push cost about the same for a few epochs as for
-# one (a statement, a commit, a send, and the caches they leave cold): on a 6 ms
-# epoch that cost, paid every epoch, was most of the tracking overhead
-# (bench/NOTES.md). A page draws one frame every ~17 ms at best, so epochs that
-# come faster than that reach it a frame or so later and nothing is seen to lag;
-# an epoch that takes longer than this is saved the moment it ends, as before.
-SAVE_BATCH_SECONDS = 0.02
-# At most this many epochs in one save (a tiny model's epochs may take 0.1 ms).
-SAVE_BATCH_EPOCHS = 100
+# How long a trained epoch may wait to be pushed together with the epochs after
+# it. A push costs about the same for a few epochs as for one (the events' JSON,
+# a send, and the caches they leave cold): on a 6 ms epoch that cost, paid every
+# epoch, was a large part of the tracking overhead (bench/NOTES.md). A page draws
+# one frame every ~17 ms at best, so epochs that come faster than that reach it
+# a frame or so later and nothing is seen to lag; an epoch that takes longer
+# than this is pushed the moment it ends.
+PUSH_BATCH_SECONDS = 0.02
+# At most this many epochs in one push (a tiny model's epochs may take 0.1 ms).
+PUSH_BATCH_EPOCHS = 100
+# How long a pushed epoch may wait to be saved with the epochs after it. The
+# save's statement and commit cost the same for one epoch as for forty, and
+# saved every PUSH_BATCH_SECONDS they were ~0.9 points of logistic/iris's ~3.3 %
+# between epochs (bench/NOTES.md, session 19). Viewers do not wait for it: they
+# get the push, and a page that finds a gap (events dropped, a page opened mid
+# run) backfills from the database until the gap is filled (static/js/live.js).
+# A worker killed outright loses at most this much of its run's epochs.
+EPOCH_SAVE_SECONDS = 0.25
 
 
 class _EpochSaver:
-    """Saves and pushes a run's epochs as they are trained, several in one save
-    when they come faster than SAVE_BATCH_SECONDS.
+    """Pushes a run's epochs as they are trained, several in one push when they
+    come faster than PUSH_BATCH_SECONDS, and saves them every
+    EPOCH_SAVE_SECONDS.
 
     Each epoch keeps the time it was trained, and its own event. After each
     epoch it guesses that the next will take as long as this one did: if
-    waiting for it would keep the oldest unsaved epoch back longer than
-    SAVE_BATCH_SECONDS, it saves now. The first epoch is saved at once, so a
-    new run shows up the moment it has something to show. flush() saves the
-    rest; the task calls it before the run's final status, whatever ended it.
+    waiting for it would keep the oldest unpushed epoch back longer than
+    PUSH_BATCH_SECONDS, it pushes now, and if it would keep the oldest unsaved
+    one back longer than EPOCH_SAVE_SECONDS, it saves too (an epoch that takes
+    longer than that is saved as it ends). The first epoch is pushed and saved at
+    once, so a new run shows up the moment it has something to show. An
+    epoch's event goes to the event table after the epoch is saved. flush()
+    pushes and saves the rest; the task calls it before the run's final
+    status, whatever ended it, so whoever sees that status finds every epoch.
     """
 
     def __init__(
@@ -129,8 +142,12 @@ class _EpochSaver:
         self.session = session
         self.clock = clock
         self.pending: list[tuple[Any, datetime, dict[str, Any]]] = []
-        self.oldest = 0.0  # when the oldest pending epoch ended (monotonic)
+        self.oldest = 0.0  # when the oldest unpushed epoch ended (monotonic)
         self.previous: float | None = None  # when the last epoch ended
+        self.unsaved: list[TrainedEpoch] = []  # pushed, not saved yet
+        self.unsaved_events: list[str] = []  # their events, for the event table
+        self.unsaved_since = 0.0  # when the oldest of them ended (monotonic)
+        self.saved_any = False  # the first save is not kept waiting
 
     def add(
         self, result: Any, stats: dict[str, Any], finished: datetime | None = None
@@ -144,30 +161,54 @@ class _EpochSaver:
         self.previous = clock
         if (
             step is None
-            or clock + step - self.oldest > SAVE_BATCH_SECONDS
-            or len(self.pending) >= SAVE_BATCH_EPOCHS
+            or clock + step - self.oldest > PUSH_BATCH_SECONDS
+            or len(self.pending) >= PUSH_BATCH_EPOCHS
         ):
-            self.flush()
+            self._push()
+            # The same guess for the save: an epoch that waited for the next
+            # would be kept unsaved too long.
+            if (
+                step is None
+                or not self.saved_any
+                or clock + step - self.unsaved_since > EPOCH_SAVE_SECONDS
+            ):
+                self._save()
 
     def flush(self) -> None:
-        """Save and push every pending epoch; raises if the database stays
-        unavailable past MLTRACK_DB_RETRY_SECONDS (those epochs are lost)."""
+        """Push and save every epoch not yet pushed and saved; raises if the
+        database stays unavailable past MLTRACK_DB_RETRY_SECONDS (the epochs
+        not saved are lost)."""
+        self._push()
+        self._save()
+
+    def _push(self) -> None:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        session = self.session
         trained = [
             (result.epoch, result.metrics, result.duration, finished)
             for result, finished, _ in batch
         ]
-        stored = _retrying(
+        if not self.unsaved:
+            self.unsaved_since = self.oldest
+        self.session.count_trained(trained)
+        self.unsaved += trained
+        self.unsaved_events += events.push_trained(
+            self.session, trained, [epoch_stats for *_, epoch_stats in batch]
+        )
+
+    def _save(self) -> None:
+        if not self.unsaved:
+            return
+        trained, texts = self.unsaved, self.unsaved_events
+        self.unsaved, self.unsaved_events = [], []
+        session = self.session
+        _retrying(
             lambda: session.record_trained(trained, PROGRESS_WRITE_SECONDS),
             f"saving epochs {trained[0][0]}-{trained[-1][0]} of session {session.pk}",
         )
-        stats = {result.epoch: epoch_stats for result, _, epoch_stats in batch}
-        events.push_trained(
-            session, stored, [stats.get(epoch, {}) for epoch, *_ in stored]
-        )
+        self.saved_any = True
+        events.store_trained(session, texts)
 
     def flush_or_log(self) -> None:
         """flush() on the way to a failed run's final status: that status must

@@ -249,8 +249,8 @@ async def test_events_that_arrive_while_writing_go_out_as_one_batch_frame():
 
 
 async def test_a_message_of_several_events_goes_out_as_one_batch_frame():
-    # The worker saves fast epochs a few at a time and publishes their events
-    # in one message (tasks._EpochSaver): each viewer gets them in order.
+    # The worker pushes fast epochs a few at a time, their events in one
+    # message (tasks._EpochSaver): each viewer gets them in order.
     import json
 
     fanout = events.LocalFanout(REDIS_URL)

@@ -12,7 +12,12 @@ from django.utils.timezone import now
 
 from sessions import catalog
 from sessions.models import TrainingSession
-from sessions.tasks import SAVE_BATCH_SECONDS, _EpochSaver, run_training
+from sessions.tasks import (
+    EPOCH_SAVE_SECONDS,
+    PUSH_BATCH_SECONDS,
+    _EpochSaver,
+    run_training,
+)
 from sessions.training import EpochResult
 from tests.integration.engine_workers import wait_for
 
@@ -60,37 +65,68 @@ def _train(saver, clock, epochs, seconds_each):
         saver.add(EpochResult(epoch, metrics, seconds_each), {"mark": epoch})
 
 
-def test_fast_epochs_are_saved_and_pushed_a_few_at_a_time(make_session, event_tap):
+def _stored_progress_epochs(session):
+    from sessions import events
+
+    events._writer().flush()  # what the writer was given is in the table
+    return [
+        event.data["epoch"] for event in session.events.filter(type="training_progress")
+    ]
+
+
+def test_fast_epochs_are_pushed_a_few_at_a_time_and_saved_less_often(
+    make_session, event_tap
+):
     session = make_session(total_epochs=12)
     session.mark_running("task-1")
     clock = _Clock()
     saver = _EpochSaver(session, clock=clock)
-    fast = SAVE_BATCH_SECONDS * 0.3
-    # The first at once; then all that fit in SAVE_BATCH_SECONDS wait for the
-    # one that would not: 2-5 (epoch 6 would end past 2's wait).
+    fast = PUSH_BATCH_SECONDS * 0.3
+    # The first pushed and saved at once; then all that fit in
+    # PUSH_BATCH_SECONDS wait for the one that would not: 2-5 (epoch 6 would
+    # end past 2's wait).
     _train(saver, clock, range(1, 6), fast)
-    assert list(session.epochs.values_list("epoch", flat=True)) == [1, 2, 3, 4, 5]
-    _train(saver, clock, [6], fast)
-    assert session.epochs.count() == 5  # 6 waits for the next
-    saver.flush()  # what the task does before the final status
+    received = [event_tap.next() for _ in range(5)]
+    assert [e["epoch"] for e in received] == [1, 2, 3, 4, 5]
+    assert received[-1]["session"]["currentEpoch"] == 5
+    # Viewers have 2-5; the database gets them within EPOCH_SAVE_SECONDS, and
+    # the event table after it.
+    assert list(session.epochs.values_list("epoch", flat=True)) == [1]
+    assert _stored_progress_epochs(session) == [1]
+    # An epoch that ends as long after 5 as EPOCH_SAVE_SECONDS: pushed, and 2-6
+    # saved (waiting for 7 would keep 2 unsaved too long).
+    _train(saver, clock, [6], EPOCH_SAVE_SECONDS)
+    assert event_tap.next()["epoch"] == 6
     assert session.epochs.count() == 6
-    # Slow epochs are saved as each ends.
-    _train(saver, clock, [7, 8], SAVE_BATCH_SECONDS * 2)
+    assert _stored_progress_epochs(session) == [1, 2, 3, 4, 5, 6]
+    _train(saver, clock, [7, 8], fast)
+    assert session.epochs.count() == 6  # 7 and 8 wait for the next
+    saver.flush()  # what the task does before the final status
     assert session.epochs.count() == 8
+    assert _stored_progress_epochs(session) == list(range(1, 9))
+    # Epochs of 0.6 EPOCH_SAVE_SECONDS: each pushed as it ends, saved in pairs.
+    _train(saver, clock, [9], EPOCH_SAVE_SECONDS * 0.6)
+    assert session.epochs.count() == 8
+    _train(saver, clock, [10], EPOCH_SAVE_SECONDS * 0.6)
+    assert session.epochs.count() == 10
+    # Slower than EPOCH_SAVE_SECONDS: saved as each ends.
+    _train(saver, clock, [11], EPOCH_SAVE_SECONDS * 1.5)
+    assert session.epochs.count() == 11
 
-    received = [event_tap.next() for _ in range(8)]
+    received += [event_tap.next() for _ in range(5)]
+    received.insert(5, {"epoch": 6, "stats": {"mark": 6}})
     # Every epoch has its own event, in order, with its own stats and time...
-    assert [e["epoch"] for e in received] == list(range(1, 9))
-    assert [e["stats"]["mark"] for e in received] == list(range(1, 9))
+    assert [e["epoch"] for e in received] == list(range(1, 12))
+    assert [e["stats"]["mark"] for e in received] == list(range(1, 12))
     rows = {row.epoch: row for row in session.epochs.all()}
-    assert [e["savedAt"] for e in received] == [
-        rows[epoch].created.timestamp() for epoch in range(1, 9)
+    assert [e["savedAt"] for e in received if "savedAt" in e] == [
+        rows[epoch].created.timestamp() for epoch in range(1, 12) if epoch != 6
     ]
-    # ...but one message carried each save's events: 1, 2-5, 6, 7, 8.
-    assert event_tap.messages == 5
+    # ...but one message carried each push's events: 1, 2-5, 6, 7-8, 9, 10, 11.
+    assert event_tap.messages == 7
     session.save_progress()  # the counters the saves kept back
     session.refresh_from_db()
-    assert session.current_epoch == 8 and session.best_val_accuracy == 0.8
+    assert session.current_epoch == 11 and session.best_val_accuracy == 1.1
 
 
 def test_it_does_not_start_a_session_stopped_while_queued(make_session):
