@@ -148,14 +148,18 @@ window.MLTrack = (function () {
   }
 
   // How soon a backfill is tried again while live epochs still wait for a gap
-  // to be filled: the worker saves its epochs every quarter second or so.
+  // to be filled: the worker saves its epochs every quarter second or so. Each
+  // retry that leaves them waiting doubles the wait, up to REFILL_MAX_MS (a
+  // worker that died before saving them: its run is failed as lost later).
   const REFILL_MS = 400;
+  const REFILL_MAX_MS = 5000;
 
   // A page's backfill, one at a time. `fill` fetches what the page lacks and
-  // `waiting` says whether live epochs still wait for a gap before them. run()
-  // while one is on its way runs one more after it (the page may have moved to
-  // another session meanwhile); gap() while one is on its way or due leaves the
-  // gap to it. While epochs wait after a backfill, another follows in REFILL_MS.
+  // `waiting` says whether live epochs of an active run still wait for a gap
+  // before them. run() while one is on its way runs one more after it (the page
+  // may have moved to another session meanwhile); gap() while one is on its way
+  // or due leaves the gap to it. While epochs wait after a backfill, another
+  // follows.
   class Backfill {
     constructor(fill, waiting) {
       this.fill = fill;
@@ -163,6 +167,7 @@ window.MLTrack = (function () {
       this.running = null;
       this.again = false;
       this.timer = null;
+      this.delay = REFILL_MS;
     }
     run() {
       if (this.running) {
@@ -173,8 +178,11 @@ window.MLTrack = (function () {
       this.timer = null;
       this.running = this.loop().finally(() => {
         this.running = null;
-        if (this.waiting() && this.timer === null) {
-          this.timer = setTimeout(() => this.run().catch(console.warn), REFILL_MS);
+        if (!this.waiting()) {
+          this.delay = REFILL_MS;
+        } else if (this.timer === null) {
+          this.timer = setTimeout(() => this.run().catch(console.warn), this.delay);
+          this.delay = Math.min(this.delay * 2, REFILL_MAX_MS);
         }
       });
       return this.running;

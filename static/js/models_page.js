@@ -233,7 +233,8 @@
     }
   }
 
-  const backfiller = new Backfill(fillFocus, () => store.waiting);
+  const backfiller = new Backfill(
+    fillFocus, () => store.waiting && focus && ACTIVE.includes(focus.status));
   function backfill() {
     return backfiller.run();
   }

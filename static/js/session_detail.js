@@ -135,7 +135,8 @@
     }
   }
 
-  const backfiller = new Backfill(fillMissing, () => store.waiting);
+  const backfiller = new Backfill(
+    fillMissing, () => store.waiting && ACTIVE.includes(session.status));
   function backfill() {
     return backfiller.run();
   }

@@ -305,3 +305,49 @@ def test_epochs_heard_before_they_are_saved_are_drawn_once_saved(
     )
     assert _chart_epochs(page) == {tuple(range(1, 9))}
     assert page.console_problems == []
+
+
+@pytest.mark.parametrize("path", ["/sessions/{pk}/", "/?tab=training"])
+def test_a_run_that_ends_with_epochs_never_saved_stops_the_backfills(
+    live_stack, page, alice, path
+):
+    """A worker that died between a push and its save: the epochs the page held
+    will never be readable. Its retries back off, and the run's final status
+    ends them; the charts keep what the database has."""
+    from sessions import events
+
+    session = TrainingSession.objects.create(
+        owner=alice, model_type="logistic", dataset="iris", total_epochs=10
+    )
+    session.mark_running("t")
+    session.record_trained(_trained([1, 2, 3]))
+    login(page, live_stack.url, "alice", "alice-password-1")
+    fetches: list[float] = []
+    page.on(
+        "request",
+        lambda r: fetches.append(time.monotonic()) if "after=" in r.url else None,
+    )
+    page.goto(live_stack.url + path.format(pk=session.pk))
+    page.wait_for_selector("#connection[data-state=live]", state="attached")
+    page.wait_for_function(f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 3)")
+    lost = _trained([4, 5, 6, 7])
+    session.count_trained(lost)
+    fetched_before = len(fetches)
+    events.push_trained(session, lost[2:], [{}, {}])
+    deadline = time.monotonic() + 10
+    while len(fetches) < fetched_before + 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    retries = fetches[fetched_before:]
+    assert len(retries) >= 3, retries
+    # Each retry waits longer than the one before.
+    assert retries[2] - retries[1] > retries[1] - retries[0]
+
+    session.refresh_from_db()  # the database's counters: epoch 3
+    session.mark_failed("Worker lost: no heartbeat")
+    events.push_status(session)
+    page.wait_for_timeout(300)  # the final status's own backfill
+    asked = len(fetches)
+    page.wait_for_timeout(6000)  # longer than the longest retry wait
+    assert len(fetches) == asked
+    assert _chart_epochs(page) == {(1, 2, 3)}
+    assert page.console_problems == []
