@@ -252,6 +252,43 @@ def _chart_epochs(page) -> set[tuple[int, ...]]:
     return {tuple(xs) for chart in page.evaluate(CHART_EPOCHS) for xs in chart}
 
 
+def _watch_running_run(live_stack, page, alice, path):
+    """A running session with epochs 1-3 saved, open at `path`; returns it and
+    the times at which the page asked the API for epochs after a cursor."""
+    session = TrainingSession.objects.create(
+        owner=alice, model_type="logistic", dataset="iris", total_epochs=10
+    )
+    session.mark_running("t")
+    session.record_trained(_trained([1, 2, 3]))
+    login(page, live_stack.url, "alice", "alice-password-1")
+    fetches: list[float] = []
+    page.on(
+        "request",
+        lambda r: fetches.append(time.monotonic()) if "after=" in r.url else None,
+    )
+    page.goto(live_stack.url + path.format(pk=session.pk))
+    page.wait_for_selector("#connection[data-state=live]", state="attached")
+    page.wait_for_function(f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 3)")
+    return session, fetches
+
+
+def _push_6_and_7_unsaved(page, session, fetches) -> list[float]:
+    """What a page that opened after the worker pushed 4 and 5, none of 4-7
+    saved yet, hears next; returns the page's fetches from then on, once it has
+    asked three times (a gap it cannot fill: it keeps asking)."""
+    from sessions import events
+
+    later = _trained([4, 5, 6, 7])
+    session.count_trained(later)
+    fetched_before = len(fetches)
+    events.push_trained(session, later[2:], [{}, {}])
+    deadline = time.monotonic() + 10
+    while len(fetches) < fetched_before + 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)  # Playwright hands over the page's requests
+    assert len(fetches) >= fetched_before + 3, fetches
+    return fetches[fetched_before:]
+
+
 @pytest.mark.parametrize("path", ["/sessions/{pk}/", "/?tab=training"])
 def test_epochs_heard_before_they_are_saved_are_drawn_once_saved(
     live_stack, page, alice, path
@@ -262,30 +299,11 @@ def test_epochs_heard_before_they_are_saved_are_drawn_once_saved(
     epoch once when they are saved."""
     from sessions import events
 
-    session = TrainingSession.objects.create(
-        owner=alice, model_type="logistic", dataset="iris", total_epochs=10
-    )
-    session.mark_running("t")
-    session.record_trained(_trained([1, 2, 3]))
-    login(page, live_stack.url, "alice", "alice-password-1")
-    fetches: list[str] = []
-    page.on("request", lambda r: fetches.append(r.url) if "after=" in r.url else None)
-    page.goto(live_stack.url + path.format(pk=session.pk))
-    page.wait_for_selector("#connection[data-state=live]", state="attached")
-    page.wait_for_function(f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 3)")
-    # 4 and 5 were pushed before this page listened, and none of 4-7 is saved.
-    later = _trained([4, 5, 6, 7])
-    session.count_trained(later)
-    fetched_before = len(fetches)
-    events.push_trained(session, later[2:], [{}, {}])
-    # The page asks for the gap, finds nothing new, and asks again.
-    deadline = time.monotonic() + 10
-    while len(fetches) < fetched_before + 2 and time.monotonic() < deadline:
-        page.wait_for_timeout(100)
-    assert len(fetches) >= fetched_before + 2, fetches
+    session, fetches = _watch_running_run(live_stack, page, alice, path)
+    _push_6_and_7_unsaved(page, session, fetches)
     assert _chart_epochs(page) == {(1, 2, 3)}  # 6 and 7 wait for 4 and 5
 
-    session.record_trained(later)  # the worker's save
+    session.record_trained(_trained([4, 5, 6, 7]))  # the worker's save
     # Within the page's retries, not its check after 15 s without events.
     page.wait_for_function(
         f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 7)", timeout=10_000
@@ -316,29 +334,8 @@ def test_a_run_that_ends_with_epochs_never_saved_stops_the_backfills(
     ends them; the charts keep what the database has."""
     from sessions import events
 
-    session = TrainingSession.objects.create(
-        owner=alice, model_type="logistic", dataset="iris", total_epochs=10
-    )
-    session.mark_running("t")
-    session.record_trained(_trained([1, 2, 3]))
-    login(page, live_stack.url, "alice", "alice-password-1")
-    fetches: list[float] = []
-    page.on(
-        "request",
-        lambda r: fetches.append(time.monotonic()) if "after=" in r.url else None,
-    )
-    page.goto(live_stack.url + path.format(pk=session.pk))
-    page.wait_for_selector("#connection[data-state=live]", state="attached")
-    page.wait_for_function(f"{CHART_EPOCHS}.flat().every((xs) => xs.length === 3)")
-    lost = _trained([4, 5, 6, 7])
-    session.count_trained(lost)
-    fetched_before = len(fetches)
-    events.push_trained(session, lost[2:], [{}, {}])
-    deadline = time.monotonic() + 10
-    while len(fetches) < fetched_before + 3 and time.monotonic() < deadline:
-        page.wait_for_timeout(100)
-    retries = fetches[fetched_before:]
-    assert len(retries) >= 3, retries
+    session, fetches = _watch_running_run(live_stack, page, alice, path)
+    retries = _push_6_and_7_unsaved(page, session, fetches)
     # Each retry waits longer than the one before.
     assert retries[2] - retries[1] > retries[1] - retries[0]
 
