@@ -345,8 +345,6 @@ class _EventWriter:
         self.thread: threading.Thread | None = None
 
     def add(self, session: TrainingSession, kind: str, *texts: str) -> None:
-        if not texts:
-            return
         with self.condition:
             if self.thread is None:
                 self.thread = threading.Thread(

@@ -111,7 +111,7 @@ PUSH_BATCH_SECONDS = 0.02
 PUSH_BATCH_EPOCHS = 100
 # How long a pushed epoch may wait to be saved with the epochs after it. The
 # save's statement and commit cost the same for one epoch as for forty, and
-# saved every PUSH_BATCH_SECONDS they were ~0.9 points of logistic/iris's ~3.3 %
+# saved every PUSH_BATCH_SECONDS they were ~0.7 points of logistic/iris's ~3.3 %
 # between epochs (bench/NOTES.md, session 19). Viewers do not wait for it: they
 # get the push, and a page that finds a gap (events dropped, a page opened mid
 # run) backfills from the database until the gap is filled (static/js/live.js).
@@ -147,7 +147,6 @@ class _EpochSaver:
         self.unsaved: list[TrainedEpoch] = []  # pushed, not saved yet
         self.unsaved_events: list[str] = []  # their events, for the event table
         self.unsaved_since = 0.0  # when the oldest of them ended (monotonic)
-        self.saved_any = False  # the first save is not kept waiting
 
     def add(
         self, result: Any, stats: dict[str, Any], finished: datetime | None = None
@@ -166,12 +165,8 @@ class _EpochSaver:
         ):
             self._push()
             # The same guess for the save: an epoch that waited for the next
-            # would be kept unsaved too long.
-            if (
-                step is None
-                or not self.saved_any
-                or clock + step - self.unsaved_since > EPOCH_SAVE_SECONDS
-            ):
+            # would be kept unsaved too long. The first is saved at once.
+            if step is None or clock + step - self.unsaved_since > EPOCH_SAVE_SECONDS:
                 self._save()
 
     def flush(self) -> None:
@@ -207,7 +202,6 @@ class _EpochSaver:
             lambda: session.record_trained(trained, PROGRESS_WRITE_SECONDS),
             f"saving epochs {trained[0][0]}-{trained[-1][0]} of session {session.pk}",
         )
-        self.saved_any = True
         events.store_trained(session, texts)
 
     def flush_or_log(self) -> None:
