@@ -126,6 +126,11 @@ window.MLTrack = (function () {
     get waiting() {
       return this.held.size > 0;
     }
+    // Whether a run that reached `currentEpoch` has epochs this store lacks
+    // (a finished run's are all saved: a backfill gets them).
+    lacksEpochsOf(currentEpoch) {
+      return this.waiting || this.last < currentEpoch;
+    }
     add(row) {
       if (this.byEpoch.has(row.epoch)) return false;
       this.byEpoch.set(row.epoch, row);

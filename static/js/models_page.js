@@ -300,9 +300,7 @@
         charts.forEach((chart) => chart.append(row));
         maybeRefreshOverview();
       }
-    } else if (!ACTIVE.includes(s.status) &&
-      (store.waiting || store.last < s.currentEpoch)) {
-      // A finished run's epochs are all saved: fill whatever is still missing.
+    } else if (!ACTIVE.includes(s.status) && store.lacksEpochsOf(s.currentEpoch)) {
       backfill().catch(console.warn);
     }
     renderFocus();

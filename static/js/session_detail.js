@@ -260,9 +260,7 @@
           else if (!zoom.rows && row.epoch <= zoom.to) draw();
           maybeRefreshOverview();
         }
-      } else if (!ACTIVE.includes(session.status) &&
-        (store.waiting || store.last < session.currentEpoch)) {
-        // A finished run's epochs are all saved: fill whatever is still missing.
+      } else if (!ACTIVE.includes(session.status) && store.lacksEpochsOf(session.currentEpoch)) {
         backfill().catch(console.warn);
       }
       render();
